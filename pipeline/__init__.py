@@ -1,0 +1,28 @@
+"""footprints: building footprints from aerial imagery.
+
+Stages, one module each, data flowing one way::
+
+    grid -> read -> (dispatch) -> infer -> stitch -> write (COG) -> vectorize -> write (vectors)
+
+``build_model`` and ``load_checkpoint`` are imported lazily so that light modules
+(errors, grid, config) do not pull in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "build_model", "load_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_model":
+        from pipeline.model import build_model
+
+        return build_model
+    if name == "load_checkpoint":
+        from pipeline.checkpoint import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

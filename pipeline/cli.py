@@ -1,0 +1,147 @@
+"""The ``footprints`` command line (typer): a thin adapter over :mod:`pipeline`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.config import load_config
+from pipeline.errors import FootprintsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Building footprints from aerial imagery.")
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/).")]
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")]
+SchedOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT.")]
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Print footprints errors as one line and exit with code 2."""
+    try:
+        yield
+    except FootprintsError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _show_warnings() -> None:
+    def show(
+        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
+@contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.command()
+def segment(
+    input: Annotated[str, typer.Argument(help="Input GeoTIFF (path or URL).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    scheduler: SchedOpt = None,
+) -> None:
+    """Segment buildings in INPUT and write rasters, GeoJSON, GeoPackage and run.json to OUT."""
+    from pipeline.scene import segment_scene
+
+    _show_warnings()
+    with _friendly_errors():
+        cfg = load_config(config, **{"dask.scheduler": scheduler})
+        with _progress_bar("tiles") as progress:
+            result = segment_scene(
+                input_path=input,
+                out_dir=out,
+                config=cfg,
+                model_path=str(model) if model else None,
+                progress=progress,
+            )
+    rec = result.record
+    err.print(
+        f"{rec['counts']['buildings']} buildings from {rec['counts']['tiles_inferred']} tiles "
+        f"-> {result.out_dir} ({sum(rec['seconds'].values()):.1f} s)"
+    )
+
+
+@app.command()
+def bench(
+    input: Annotated[str, typer.Argument(help="Input GeoTIFF.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    max_tiles: Annotated[int, typer.Option(help="Tiles for the model-only pass.")] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Model-only vs end-to-end throughput, seconds per stage and peak RSS."""
+    from pipeline.bench import run_bench
+
+    _show_warnings()
+    with _friendly_errors():
+        cfg = load_config(config)
+        report = run_bench(
+            input_path=input,
+            config=cfg,
+            model_path=str(model) if model else None,
+            max_tiles=max_tiles,
+        )
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"footprints bench: {input}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                table.add_row(f"{key}.{k}", f"{v}")
+        else:
+            table.add_row(key, f"{value}")
+    out.print(table)
+
+
+def _register_subcommands() -> None:
+    from pipeline import cli_eval
+
+    cli_eval.register(app)
+    try:
+        from pipeline import cli_model
+    except ImportError:  # pragma: no cover - only while the training module is absent
+        return
+    cli_model.register(app)
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Configuration: pydantic models at the config and flow boundary, loaded from YAML.
+
+Library functions below this layer take plain typed keyword arguments; only the CLI,
+the flows and :mod:`pipeline.scene` see these models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError, InputNotFoundError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO_ROOT / "models"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TilingConfig(_Section):
+    tile_size: int = Field(512, ge=16, description="Tile side in pixels (model input).")
+    overlap: int = Field(64, ge=0, description="Overlap between neighbouring tiles in pixels.")
+    batch_size: int = Field(2, ge=1, description="Tiles per Dask task (raise it on GPUs).")
+    align_to_blocks: bool = Field(True, description="Start tiles on the file's block grid.")
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_fits(cls, v: int, info: Any) -> int:
+        tile = info.data.get("tile_size", 512)
+        if v > tile // 2:
+            raise ValueError(f"overlap {v} exceeds half the tile size ({tile // 2})")
+        return v
+
+
+class InputConfig(_Section):
+    bands: list[int] | None = Field(None, description="1-based bands for R, G, B (or one band).")
+    percentiles: tuple[float, float] = Field((2.0, 98.0), description="Scaling for non-uint8.")
+    nodata: float | None = Field(None, description="Override the file's nodata value.")
+    gsd_m: float | None = Field(
+        None, gt=0, description="Override the input's GSD in metres when its transform is wrong."
+    )
+
+
+class ModelConfig(_Section):
+    checkpoint: str | None = Field(None, description="safetensors checkpoint; default: models/.")
+    encoder: str = "efficientnet-lite0"
+    output_stride: Literal[8, 16] = 16
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Default: checkpoint's.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+
+
+class DaskConfig(_Section):
+    scheduler: str | None = Field(None, description="tcp://HOST:PORT; default: LocalCluster.")
+    n_workers: int = Field(1, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    max_batches_in_flight: int = Field(4, ge=1, description="Backpressure window in batches.")
+
+
+class SplitConfig(_Section):
+    """Separating touching buildings with the model's boundary class (see pipeline.regions)."""
+
+    enabled: bool = Field(True, description="Split when the model has a boundary class.")
+    seed_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    boundary_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    min_seed_m2: float = Field(1.0, ge=0.0, description="Smallest building core kept as a seed (m²).")
+    grow_m: float = Field(3.0, ge=0.0, description="How far seeds grow back over the mask (m).")
+
+
+class VectorizeConfig(_Section):
+    min_area_m2: float = Field(8.0, ge=0.0, description="Drop polygons smaller than this (m²).")
+    simplify_m: float = Field(0.3, ge=0.0, description="Simplification tolerance in metres.")
+    block_size: int = Field(1024, ge=16, description="Rows per block of the block-wise vectorizer.")
+
+
+class PipelineConfig(_Section):
+    tiling: TilingConfig = TilingConfig()  # type: ignore[call-arg]
+    input: InputConfig = InputConfig()  # type: ignore[call-arg]
+    model: ModelConfig = ModelConfig()  # type: ignore[call-arg]
+    dask: DaskConfig = DaskConfig()  # type: ignore[call-arg]
+    split: SplitConfig = SplitConfig()  # type: ignore[call-arg]
+    vectorize: VectorizeConfig = VectorizeConfig()  # type: ignore[call-arg]
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PipelineConfig:
+    """Load a YAML config (or the defaults) and apply dotted overrides like ``dask.scheduler``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise InputNotFoundError(f"{p}: config file not found; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc}); fix the syntax") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections; see configs/")
+        data = loaded
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "config"
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{where}: {loc}: {first['msg']}; see configs/default.yaml") from exc
+
+
+def default_checkpoint() -> Path | None:
+    """The shipped checkpoint in ``models/`` (the newest ``*.safetensors``), if any."""
+    found = sorted(MODELS_DIR.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None

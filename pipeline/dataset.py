@@ -1,0 +1,795 @@
+"""Training data: the DATASET.yaml schema, loading, targets and balanced crop sampling.
+
+DATASET.yaml
+============
+
+::
+
+    root: ../../shared/data/real   # folder the item paths are relative to; itself relative to the yaml
+    gsd_m: 0.5                     # training GSD in metres: every crop and val scene is resampled to it
+    boundary_px: 2                 # boundary-target width in pixels at the training GSD (default 2)
+    building_crop_fraction: 0.667  # share of crops centred near a random building pixel (default 2/3)
+    sources:
+      inria_austin:                # source name (free text)
+        weight: 1.0                # source sampling weight: balance, not pixels (default 1; 0 = val only)
+        items:
+          - {image: inria_austin/images/aerial_sample.tif, label: inria_austin/labels/aerial_sample.tif,
+             split: val}
+      rio:
+        black_is_nodata: true      # all-zero RGB pixels are no-data
+        items:
+          - image: "spacenet1_rio/3band/*_img5[0-4].tif"     # glob patterns expand to one scene per file
+            label: "spacenet1_rio/building_mask_vis/{name}"  # {name}: image file name; {stem}: no suffix
+      dubai:
+        gsd_m: 1.0                 # native GSD of images WITHOUT a CRS (item-level gsd_m wins)
+        label_color: [60, 16, 152] # colour-coded RGB masks: building = this exact colour
+        ignore_colors: [[0, 0, 0]] # colours that mean "unknown" (ignored in the loss)
+        items:
+          - {image: "dubai_hitl/Tile 1/images/*.jpg", label: "dubai_hitl/Tile 1/masks/{stem}.png"}
+      tanzania:
+        weight: 0.3
+        items:                     # vector labels: reprojected to the image CRS, rasterized on its grid
+          - {image: open_ai_tanzania/images/tanzania_sample.tif,
+             label: open_ai_tanzania/labels/tanzania_sample.geojson}
+
+Quote paths that contain ``{``, ``}``, ``*`` or ``[`` (YAML syntax). Source keys: ``weight``,
+``gsd_m``, ``label_color``, ``ignore_colors``, ``building_values`` (mask values that mean building;
+default any value > 0), ``ignore_values``, ``black_is_nodata``, ``items``. Item keys: ``image``,
+``label``, ``split`` (``train`` default, or ``val``), ``gsd_m``, ``weight`` (relative to the other
+scenes of its source, default 1), ``black_is_nodata`` (overrides the source's).
+
+Rules
+-----
+* Images: GeoTIFF, PNG or JPG; the first three bands are RGB (one band is repeated, alpha is dropped).
+  Non-uint8 images are scaled to uint8 between their 2nd and 98th percentiles.
+* GSD: from the transform for georeferenced images (:func:`pipeline.geo.pixel_size_m`, so EPSG:4326
+  works); the yaml's ``gsd_m`` (item, else source) is used only for images without a CRS.
+* Labels: a mask raster (first band compared with ``building_values``, or all three bands with
+  ``label_color``; paletted masks are expanded to RGB for ``label_color``), or a vector file
+  (``.geojson``, ``.json``, ``.gpkg``, ``.shp``, ``.fgb``) whose polygons are reprojected to the
+  image CRS and burnt onto the image grid (pixels whose centre is inside).
+  A georeferenced mask on another grid is reprojected (nearest) onto the image grid. A mask raster's
+  own nodata tag is NOT used (SpaceNet masks tag background 0 as nodata): use ``ignore_values``.
+* No-data: the image's nodata/alpha/internal mask, ``black_is_nodata``, ``ignore_values`` /
+  ``ignore_colors`` and anything outside the image after cropping are labelled :data:`IGNORE` (255).
+* Splits are by whole scene (file); an image may not appear twice (no train/val leak).
+
+Targets are two uint8 channels matching the model's classes ``("building", "boundary")``: building
+is the mask, boundary the building pixels within ``boundary_px`` of a non-building pixel (inner
+border, :func:`boundary_target`), computed after resampling to the training GSD; both are 255 on
+no-data. ``building & ~boundary`` (the interiors) keeps neighbouring buildings apart for a watershed.
+
+Sampling (:class:`CropSampler`): a source by weight, then a scene of it (by item weight, uniform by
+default), then a crop: a native window of ``crop * gsd_train / gsd_scene`` pixels (times a scale
+jitter in U(0.8, 1.25)) resized to ``crop`` (image bilinear with antialiasing, labels nearest),
+centred near a building pixel with probability ``building_crop_fraction``; then a random dihedral
+transform (flips, 90 degree rotations) and a modest colour jitter. Everything random comes from the
+``numpy.random.Generator`` passed in, so a seed reproduces the batches.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import rasterio.features
+import rasterio.warp
+import yaml
+from numpy.typing import NDArray
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from pipeline.errors import ConfigError, InputNotFoundError, RasterReadError
+from pipeline.geo import pixel_size_m
+
+__all__ = [
+    "IGNORE",
+    "Crop",
+    "CropSampler",
+    "Dataset",
+    "DatasetSpec",
+    "ItemSpec",
+    "RasterGrid",
+    "Scene",
+    "SourceSpec",
+    "ValScene",
+    "boundary_target",
+    "color_jitter",
+    "dataset_files",
+    "load_dataset",
+    "make_target",
+    "parse_dataset",
+    "rasterize_vector",
+    "read_image",
+    "read_label",
+    "resample_scene",
+    "resize_image",
+    "resize_nearest",
+    "validation_scenes",
+]
+
+IGNORE = 255
+"""Target value of no-data pixels (excluded from the loss and the metrics)."""
+
+VECTOR_SUFFIXES = frozenset({".geojson", ".json", ".gpkg", ".shp", ".fgb"})
+MAX_BUILDING_SAMPLES = 65536
+"""At most this many building pixels per scene are kept as crop centres (strided subsample)."""
+
+Byte = Annotated[int, Field(ge=0, le=255)]
+Color = tuple[Byte, Byte, Byte]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ItemSpec(_Strict):
+    """One image/label pair, or a glob of them (one scene per matching image)."""
+
+    image: str = Field(min_length=1, description="Image path or glob, relative to root.")
+    label: str = Field(min_length=1, description="Label path; {stem}/{name} = the image's.")
+    split: Literal["train", "val"] = "train"
+    gsd_m: float | None = Field(None, gt=0, description="Native GSD when the image has no CRS.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight among the source's scenes.")
+    black_is_nodata: bool | None = Field(None, description="Overrides the source's setting.")
+
+
+class SourceSpec(_Strict):
+    """A source: sampling weight, label encoding and its items."""
+
+    weight: float = Field(1.0, ge=0, description="Sampling weight of the source (0 = val only).")
+    gsd_m: float | None = Field(None, gt=0, description="Native GSD of images without a CRS.")
+    label_color: Color | None = Field(None, description="Building colour in RGB masks.")
+    ignore_colors: list[Color] = Field(default_factory=list)
+    building_values: list[int] | None = Field(None, description="Building mask values; default > 0.")
+    ignore_values: list[int] = Field(default_factory=list)
+    black_is_nodata: bool = False
+    items: list[ItemSpec] = Field(min_length=1)
+
+
+class DatasetSpec(_Strict):
+    """The whole DATASET.yaml."""
+
+    root: str = "."
+    gsd_m: float = Field(gt=0, description="Training GSD in metres.")
+    boundary_px: int = Field(2, ge=0, le=32)
+    building_crop_fraction: float = Field(2.0 / 3.0, ge=0.0, le=1.0)
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+
+
+def parse_dataset(path: str | os.PathLike[str]) -> DatasetSpec:
+    """Read and validate a DATASET.yaml (no file access beyond the yaml itself)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(f"{p}: dataset file not found; pass an existing DATASET.yaml (see configs/)")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{p}: not valid YAML ({detail}); fix the syntax") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping with root, gsd_m and sources; see configs/")
+    try:
+        return DatasetSpec.model_validate(loaded)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise ConfigError(
+            f"{p}: {loc}: {first['msg']}; see the format in pipeline/dataset.py or configs/dataset.yaml"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """Pixel grid of a raster: CRS (None when not georeferenced), transform and (height, width)."""
+
+    crs: CRS | None
+    transform: Affine
+    shape: tuple[int, int]
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        h, w = self.shape
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (w, h)
+        return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+
+    def gsd_m(self) -> float:
+        """Ground sample distance in metres (georeferenced grids only)."""
+        assert self.crs is not None
+        return pixel_size_m(self.crs, tuple(self.transform), self.bounds)
+
+    def same_as(self, other: RasterGrid) -> bool:
+        """Same shape, CRS and transform (to 1 % of a pixel)."""
+        if self.shape != other.shape or self.crs != other.crs:
+            return False
+        a, b = np.asarray(self.transform)[:6], np.asarray(other.transform)[:6]
+        px = max(abs(self.transform.a), abs(self.transform.e))
+        return bool(np.allclose(a, b, rtol=0, atol=0.01 * px))
+
+
+def _open(path: Path) -> Any:
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: file not found; fix the path in the DATASET.yaml")
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise RasterReadError(f"{path}: cannot be read as a raster ({exc}); use GeoTIFF, PNG or JPG") from exc
+
+
+def _grid(ds: Any) -> RasterGrid:
+    return RasterGrid(crs=ds.crs, transform=ds.transform, shape=(int(ds.height), int(ds.width)))
+
+
+def _to_uint8(data: NDArray[Any], valid: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    if data.dtype == np.uint8:
+        return np.ascontiguousarray(data)
+    out = np.zeros(data.shape, np.uint8)
+    for b in range(data.shape[0]):
+        vals = data[b][valid] if valid.any() else data[b].ravel()
+        lo, hi = np.percentile(vals.astype(np.float64), [2.0, 98.0])
+        scaled = (data[b].astype(np.float64) - lo) / max(float(hi - lo), 1e-12) * 255.0
+        out[b] = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return out
+
+
+def read_image(
+    path: Path, *, black_is_nodata: bool = False
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_], RasterGrid]:
+    """Read an RGB image as (H, W, 3) uint8, its validity mask (H, W) and its grid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with _open(path) as ds:
+            if ds.count == 2 or ds.count < 1:
+                raise RasterReadError(
+                    f"{path}: has {ds.count} bands; give an RGB image (3+ bands) or a single grey band"
+                )
+            bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
+            try:
+                data = ds.read(bands)
+                valid = ds.dataset_mask() > 0
+            except rasterio.errors.RasterioIOError as exc:
+                raise RasterReadError(
+                    f"{path}: read failed ({exc}); the file is corrupt, re-copy it"
+                ) from exc
+            grid = _grid(ds)
+    image = np.ascontiguousarray(_to_uint8(data, valid).transpose(1, 2, 0))
+    if black_is_nodata:
+        valid &= image.any(axis=2)
+    return image, valid, grid
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """How a label file encodes buildings and unknown pixels (from the source's yaml)."""
+
+    label_color: tuple[int, int, int] | None = None
+    ignore_colors: tuple[tuple[int, int, int], ...] = ()
+    building_values: tuple[int, ...] | None = None
+    ignore_values: tuple[int, ...] = ()
+
+
+def _classify(data: NDArray[Any], rules: LabelRules, path: Path) -> NDArray[np.uint8]:
+    """Mask raster bands (C, H, W) -> 0/1/IGNORE."""
+    if rules.label_color is not None:
+        if data.shape[0] < 3:
+            raise ConfigError(
+                f"{path}: label_color is set but the mask has {data.shape[0]} band(s); "
+                "use building_values for single-band masks"
+            )
+        rgb = data[:3]
+        building = np.all(rgb == np.asarray(rules.label_color).reshape(3, 1, 1), axis=0)
+        ignore = np.zeros(building.shape, bool)
+        for color in rules.ignore_colors:
+            ignore |= np.all(rgb == np.asarray(color).reshape(3, 1, 1), axis=0)
+    else:
+        band = data[0]
+        values = rules.building_values
+        building = band > 0 if values is None else np.isin(band, values)
+        ignore = np.isin(band, rules.ignore_values)
+    return np.where(ignore, IGNORE, building).astype(np.uint8)
+
+
+def rasterize_vector(path: Path, grid: RasterGrid) -> NDArray[np.uint8]:
+    """Burn a vector file's polygons (reprojected to the grid's CRS) onto the grid: 1 inside, 0 out."""
+    import geopandas as gpd
+    import shapely
+
+    if grid.crs is None:
+        raise ConfigError(
+            f"{path}: vector labels need a georeferenced image; use a mask raster for images without a CRS"
+        )
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises its own DataSourceError family
+        raise RasterReadError(f"{path}: cannot be read as vector data ({exc}); use GeoJSON or GPKG") from exc
+    if frame.crs is None:
+        if path.suffix.lower() not in {".geojson", ".json"}:
+            raise ConfigError(f"{path}: vector file has no CRS; set one (e.g. with ogr2ogr -a_srs)")
+        frame = frame.set_crs("OGC:CRS84")
+    frame = frame.to_crs(grid.crs.to_wkt())
+    box = shapely.box(*grid.bounds)
+    geoms = [
+        g
+        for g in frame.geometry
+        if g is not None
+        and not g.is_empty
+        and g.geom_type in ("Polygon", "MultiPolygon")
+        and g.intersects(box)
+    ]
+    if not geoms:
+        return np.zeros(grid.shape, np.uint8)
+    burnt = rasterio.features.rasterize(
+        ((g, 1) for g in geoms), out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8"
+    )
+    return np.asarray(burnt, dtype=np.uint8)
+
+
+def _align(label: NDArray[np.uint8], src: RasterGrid, dst: RasterGrid, path: Path) -> NDArray[np.uint8]:
+    if src.shape == dst.shape and (not (src.georeferenced and dst.georeferenced) or src.same_as(dst)):
+        return label
+    if not (src.georeferenced and dst.georeferenced):
+        raise RasterReadError(
+            f"{path}: label is {src.shape[1]}x{src.shape[0]} px but the image is "
+            f"{dst.shape[1]}x{dst.shape[0]} and they are not both georeferenced; "
+            "give a mask on the image's pixel grid"
+        )
+    out = np.full(dst.shape, IGNORE, np.uint8)
+    rasterio.warp.reproject(
+        label,
+        out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        src_nodata=None,
+        dst_nodata=IGNORE,
+        resampling=rasterio.warp.Resampling.nearest,
+    )
+    return out
+
+
+def read_label(path: Path, grid: RasterGrid, rules: LabelRules) -> NDArray[np.uint8]:
+    """The label of an image on its grid: 0 background, 1 building, IGNORE unknown."""
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        if not path.is_file():
+            raise InputNotFoundError(f"{path}: label file not found; fix the path in the DATASET.yaml")
+        return rasterize_vector(path, grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with _open(path) as ds:
+            try:
+                data = ds.read()
+                palette = ds.colormap(1) if ds.colorinterp[0] == ColorInterp.palette else None
+            except rasterio.errors.RasterioIOError as exc:
+                raise RasterReadError(
+                    f"{path}: read failed ({exc}); the file is corrupt, re-copy it"
+                ) from exc
+            src = _grid(ds)
+    if palette is not None and rules.label_color is not None:
+        data = _expand_palette(data[0], palette)
+    return _align(_classify(data, rules, path), src, grid, path)
+
+
+def _expand_palette(index: NDArray[Any], palette: dict[int, tuple[int, ...]]) -> NDArray[np.uint8]:
+    """Palette indices (H, W) -> RGB bands (3, H, W), so label_color works on paletted PNG masks."""
+    lut = np.zeros((max(256, max(palette) + 1), 3), np.uint8)
+    for key, rgba in palette.items():
+        lut[key] = rgba[:3]
+    return np.ascontiguousarray(lut[index].transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(eq=False)
+class Scene:
+    """One image at native resolution with its label (0/1/IGNORE, no-data folded in)."""
+
+    source: str
+    name: str
+    split: str
+    gsd_m: float
+    weight: float
+    image: NDArray[np.uint8]
+    label: NDArray[np.uint8]
+    image_path: Path
+    label_path: Path
+    building_index: NDArray[np.int64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        flat = np.flatnonzero(self.label.ravel() == 1)
+        step = max(1, math.ceil(flat.size / MAX_BUILDING_SAMPLES))
+        self.building_index = flat[::step].astype(np.int64)
+
+    def describe(self, root: Path) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "image": self.name,
+            "label": os.path.relpath(self.label_path, root),
+            "gsd_m": round(self.gsd_m, 6),
+            "shape": list(self.label.shape),
+        }
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    source: str
+    index: int
+    image: Path
+    label: Path
+    item: ItemSpec
+
+
+def _expand(spec: DatasetSpec, root: Path, where: Path) -> list[_Resolved]:
+    out: list[_Resolved] = []
+    for name, source in spec.sources.items():
+        for i, item in enumerate(source.items):
+            loc = f"{where}: sources.{name}.items[{i}]"
+            pattern = str(root / item.image)
+            paths = (
+                sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(item.image) else [Path(pattern)]
+            )
+            if not paths:
+                raise InputNotFoundError(
+                    f"{loc}: image pattern {pattern!r} matches no file; fix it or the root"
+                )
+            for image in paths:
+                if not image.is_file():
+                    raise InputNotFoundError(f"{loc}: image {image} not found; fix the path or the root")
+                label = root / item.label.replace("{stem}", image.stem).replace("{name}", image.name)
+                if not label.is_file():
+                    raise InputNotFoundError(
+                        f"{loc}: label {label} (for {image.name}) not found; fix the label path"
+                    )
+                out.append(_Resolved(name, i, image, label, item))
+    return out
+
+
+def _check_unique(items: Sequence[_Resolved], where: Path) -> None:
+    seen: dict[Path, _Resolved] = {}
+    for r in items:
+        key = r.image.resolve()
+        if key in seen:
+            other = seen[key]
+            raise ConfigError(
+                f"{where}: {r.image} is listed twice (sources.{other.source}.items[{other.index}], "
+                f"{other.item.split}, and sources.{r.source}.items[{r.index}], {r.item.split}); "
+                "list every scene once so train and val cannot overlap"
+            )
+        seen[key] = r
+
+
+def _load_scene(r: _Resolved, source: SourceSpec, where: Path, root: Path) -> Scene:
+    black = source.black_is_nodata if r.item.black_is_nodata is None else r.item.black_is_nodata
+    image, valid, grid = read_image(r.image, black_is_nodata=black)
+    rules = LabelRules(
+        label_color=source.label_color,
+        ignore_colors=tuple(source.ignore_colors),
+        building_values=None if source.building_values is None else tuple(source.building_values),
+        ignore_values=tuple(source.ignore_values),
+    )
+    label = read_label(r.label, grid, rules)
+    label[~valid] = IGNORE
+    if grid.georeferenced:
+        gsd = grid.gsd_m()
+    elif (r.item.gsd_m or source.gsd_m) is not None:
+        gsd = float(r.item.gsd_m or source.gsd_m or 0.0)
+    else:
+        raise ConfigError(
+            f"{where}: sources.{r.source}.items[{r.index}]: {r.image} is not georeferenced; "
+            "set gsd_m (metres per pixel) on the item or the source"
+        )
+    return Scene(
+        source=r.source,
+        name=os.path.relpath(r.image, root),
+        split=r.item.split,
+        gsd_m=gsd,
+        weight=r.item.weight,
+        image=image,
+        label=label,
+        image_path=r.image,
+        label_path=r.label,
+    )
+
+
+@dataclass
+class Dataset:
+    """A loaded DATASET.yaml: the spec and every scene at native resolution."""
+
+    path: Path
+    root: Path
+    spec: DatasetSpec
+    scenes: list[Scene]
+
+    def split(self, name: str) -> list[Scene]:
+        return [s for s in self.scenes if s.split == name]
+
+    def describe(self, split: str) -> list[dict[str, Any]]:
+        """JSON-ready list of the scenes of a split (for checkpoint metadata)."""
+        return [s.describe(self.root) for s in self.split(split)]
+
+
+def _resolve(where: Path) -> tuple[DatasetSpec, Path, list[_Resolved]]:
+    spec = parse_dataset(where)
+    root = (where.parent / spec.root).resolve()
+    if not root.is_dir():
+        raise InputNotFoundError(f"{where}: root {root} is not a folder; fix 'root' (relative to the yaml)")
+    resolved = _expand(spec, root, where)
+    _check_unique(resolved, where)
+    return spec, root, resolved
+
+
+def dataset_files(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Every scene a DATASET.yaml lists (globs expanded, files checked, nothing loaded).
+
+    One dict per scene: ``source``, ``split``, ``image`` and ``label`` (absolute paths).
+    """
+    _, _, resolved = _resolve(Path(path))
+    return [
+        {"source": r.source, "split": r.item.split, "image": str(r.image), "label": str(r.label)}
+        for r in resolved
+    ]
+
+
+def load_dataset(path: str | os.PathLike[str], *, splits: Sequence[str] = ("train", "val")) -> Dataset:
+    """Parse a DATASET.yaml, check every file and load the scenes of ``splits`` into memory."""
+    where = Path(path)
+    spec, root, resolved = _resolve(where)
+    scenes = [_load_scene(r, spec.sources[r.source], where, root) for r in resolved if r.item.split in splits]
+    return Dataset(path=where, root=root, spec=spec, scenes=scenes)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def boundary_target(
+    mask: NDArray[Any], *, width_px: int, unknown: NDArray[np.bool_] | None = None
+) -> NDArray[np.bool_]:
+    """Building pixels within ``width_px`` (Euclidean) of a non-building pixel: the inner border.
+
+    ``unknown`` pixels (no-data) count as neither edge nor background, and so does the outside of
+    the array: a building cut by the array's edge has no boundary there.
+    """
+    building = np.asarray(mask).astype(bool)
+    if width_px <= 0:
+        return np.zeros(building.shape, bool)
+    solid = building if unknown is None else building | unknown
+    if solid.all():
+        return np.zeros(building.shape, bool)
+    dist = ndimage.distance_transform_edt(solid)
+    return building & (np.asarray(dist) <= width_px)
+
+
+def make_target(label: NDArray[np.uint8], *, boundary_px: int) -> NDArray[np.uint8]:
+    """(H, W) 0/1/IGNORE label -> (2, H, W) uint8 target: building, boundary; IGNORE on no-data."""
+    building = label == 1
+    ignore = label == IGNORE
+    boundary = boundary_target(building, width_px=boundary_px, unknown=ignore)
+    target = np.stack([building, boundary]).astype(np.uint8)
+    target[:, ignore] = IGNORE
+    return target
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resize_image(image: NDArray[np.uint8], height: int, width: int) -> NDArray[np.uint8]:
+    """Bilinear resize of (H, W, 3) uint8; antialiased when shrinking (Pillow's scaled filter)."""
+    if image.shape[:2] == (height, width):
+        return image.copy()
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    return np.array(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)  # writable copy
+
+
+def resize_nearest(array: NDArray[Any], height: int, width: int) -> NDArray[Any]:
+    """Nearest-neighbour resize of the first two axes (pixel-centre convention, like Pillow)."""
+    h, w = array.shape[:2]
+    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.intp), w - 1)
+    return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
+
+
+@dataclass(frozen=True)
+class ValScene:
+    """A whole scene at the training GSD: image (H, W, 3), target (2, H, W) with IGNORE on no-data."""
+
+    source: str
+    name: str
+    image: NDArray[np.uint8]
+    target: NDArray[np.uint8]
+
+    @property
+    def valid(self) -> NDArray[np.bool_]:
+        return np.asarray(self.target[0] != IGNORE)
+
+
+def resample_scene(scene: Scene, *, gsd_m: float, boundary_px: int) -> ValScene:
+    """Resample a whole scene to ``gsd_m`` and build its target."""
+    h, w = scene.label.shape
+    factor = scene.gsd_m / gsd_m
+    out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
+    image = resize_image(scene.image, out_h, out_w)
+    label = resize_nearest(scene.label, out_h, out_w)
+    return ValScene(scene.source, scene.name, image, make_target(label, boundary_px=boundary_px))
+
+
+def validation_scenes(dataset: Dataset, *, split: str = "val") -> Iterator[ValScene]:
+    """Yield the scenes of ``split`` resampled to the dataset's training GSD, with targets."""
+    for scene in dataset.split(split):
+        yield resample_scene(scene, gsd_m=dataset.spec.gsd_m, boundary_px=dataset.spec.boundary_px)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def color_jitter(
+    image: NDArray[np.uint8], rng: np.random.Generator, strength: float = 0.2
+) -> NDArray[np.uint8]:
+    """Brightness, contrast, saturation (x U(1-s, 1+s)) and per-channel gain (x U(1-s/4, 1+s/4))."""
+    s = float(strength)
+    if s <= 0:
+        return image
+    brightness, contrast, saturation = rng.uniform(1 - s, 1 + s, size=3)
+    gains = rng.uniform(1 - s / 4, 1 + s / 4, size=3).astype(np.float32)
+    x = image.astype(np.float32) * np.float32(brightness)
+    mean = x.mean()
+    x = (x - mean) * np.float32(contrast) + mean
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * np.float32(saturation)
+    x *= gains
+    return np.asarray(np.clip(np.rint(x), 0, 255), dtype=np.uint8)
+
+
+def _dihedral(
+    image: NDArray[np.uint8], target: NDArray[np.uint8], rng: np.random.Generator
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    k = int(rng.integers(4))
+    flip = bool(rng.random() < 0.5)
+    image = np.rot90(image, k, axes=(0, 1))
+    target = np.rot90(target, k, axes=(1, 2))
+    if flip:
+        image, target = image[:, ::-1], target[:, :, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A training sample: image (crop, crop, 3) uint8 and target (2, crop, crop) uint8."""
+
+    source: str
+    scene: str
+    image: NDArray[np.uint8]
+    target: NDArray[np.uint8]
+
+
+def _extract(scene: Scene, y0: int, x0: int, size: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    """A size x size native window at (y0, x0); outside the scene: black image, IGNORE label."""
+    h, w = scene.label.shape
+    image = np.zeros((size, size, 3), np.uint8)
+    label = np.full((size, size), IGNORE, np.uint8)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
+    if yb > ya and xb > xa:
+        image[ya - y0 : yb - y0, xa - x0 : xb - x0] = scene.image[ya:yb, xa:xb]
+        label[ya - y0 : yb - y0, xa - x0 : xb - x0] = scene.label[ya:yb, xa:xb]
+    return image, label
+
+
+class CropSampler:
+    """Balanced, augmented random crops at the training GSD from a list of training scenes."""
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        *,
+        source_weights: dict[str, float],
+        gsd_m: float,
+        crop: int,
+        boundary_px: int = 2,
+        building_fraction: float = 2.0 / 3.0,
+        scale_jitter: tuple[float, float] = (0.8, 1.25),
+        augment: bool = True,
+        color_strength: float = 0.2,
+    ) -> None:
+        self.gsd_m, self.crop, self.boundary_px = gsd_m, crop, boundary_px
+        self.building_fraction, self.scale_jitter = building_fraction, scale_jitter
+        self.augment, self.color_strength = augment, color_strength
+        self.groups: dict[str, list[Scene]] = {}
+        for scene in scenes:
+            if source_weights.get(scene.source, 0.0) > 0:
+                self.groups.setdefault(scene.source, []).append(scene)
+        if not self.groups:
+            raise ConfigError(
+                "no training scenes with a positive source weight; mark items split: train and give "
+                "their sources weight > 0 in the DATASET.yaml"
+            )
+        self.sources = sorted(self.groups)
+        weights = np.array([source_weights[s] for s in self.sources], np.float64)
+        self.source_p = weights / weights.sum()
+        self.scene_p = {
+            s: np.array([sc.weight for sc in g]) / sum(sc.weight for sc in g) for s, g in self.groups.items()
+        }
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, *, crop: int, **kwargs: Any) -> CropSampler:
+        spec = dataset.spec
+        kwargs.setdefault("boundary_px", spec.boundary_px)
+        kwargs.setdefault("building_fraction", spec.building_crop_fraction)
+        weights = {name: src.weight for name, src in spec.sources.items()}
+        return cls(dataset.split("train"), source_weights=weights, gsd_m=spec.gsd_m, crop=crop, **kwargs)
+
+    def choose_source(self, rng: np.random.Generator) -> str:
+        return self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
+
+    def _origin(self, scene: Scene, size: int, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left of a size x size native window: near a building pixel, or anywhere; kept on the scene."""
+        h, w = scene.label.shape
+        if scene.building_index.size and rng.random() < self.building_fraction:
+            cy, cx = divmod(int(scene.building_index[rng.integers(scene.building_index.size)]), w)
+            shift = size // 4
+            y0 = cy - size // 2 + int(rng.integers(-shift, shift + 1))
+            x0 = cx - size // 2 + int(rng.integers(-shift, shift + 1))
+        else:
+            y0 = int(rng.integers(min(0, h - size), max(0, h - size) + 1))
+            x0 = int(rng.integers(min(0, w - size), max(0, w - size) + 1))
+        y0 = int(np.clip(y0, min(0, h - size), max(0, h - size)))
+        x0 = int(np.clip(x0, min(0, w - size), max(0, w - size)))
+        return y0, x0
+
+    def crop_scene(self, scene: Scene, rng: np.random.Generator) -> Crop:
+        """One crop of ``scene`` (window, resample, target, augment)."""
+        margin = self.boundary_px  # the boundary needs context beyond the crop's edge
+        out = self.crop + 2 * margin
+        scale = self.gsd_m / scene.gsd_m * float(rng.uniform(*self.scale_jitter))  # native px per output px
+        inner = max(1, round(self.crop * scale))
+        inset = round(margin * scale)
+        y0, x0 = self._origin(scene, inner, rng)
+        y0, x0, size = y0 - inset, x0 - inset, inner + 2 * inset
+        image, label = _extract(scene, y0, x0, size)
+        image = resize_image(image, out, out)[margin : margin + self.crop, margin : margin + self.crop]
+        target = make_target(resize_nearest(label, out, out), boundary_px=self.boundary_px)
+        target = target[:, margin : margin + self.crop, margin : margin + self.crop]
+        if self.augment:
+            image, target = _dihedral(image, target, rng)
+            image = color_jitter(image, rng, self.color_strength)
+        return Crop(scene.source, scene.name, np.ascontiguousarray(image), np.ascontiguousarray(target))
+
+    def draw(self, rng: np.random.Generator) -> Crop:
+        """A source by weight, a scene of it by item weight, then a crop."""
+        source = self.choose_source(rng)
+        group = self.groups[source]
+        scene = group[int(rng.choice(len(group), p=self.scene_p[source]))]
+        return self.crop_scene(scene, rng)
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+        """``size`` crops: images (N, 3, crop, crop) and targets (N, 2, crop, crop), both uint8."""
+        crops = [self.draw(rng) for _ in range(size)]
+        images = np.stack([c.image.transpose(2, 0, 1) for c in crops])
+        targets = np.stack([c.target for c in crops])
+        return np.ascontiguousarray(images), targets

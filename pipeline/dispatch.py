@@ -1,0 +1,173 @@
+"""Dispatch tiles to Dask workers in batches, with backpressure.
+
+Only window coordinates travel to a worker: each task opens the input itself and
+reads its own windows. Only uint8 probabilities (and, where a tile has nodata, a
+bit-packed validity mask) travel back. Each worker loads the model once, through
+:class:`ModelPlugin`; the in-flight window of batches bounds memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+import rasterio
+from dask.distributed import Client, LocalCluster, as_completed
+from distributed.diagnostics.plugin import WorkerPlugin
+from numpy.typing import NDArray
+
+from pipeline.grid import Tile, TileGrid
+from pipeline.infer import ModelSource, cached_segmenter
+from pipeline.read import RasterInfo, read_tile
+
+PLUGIN_NAME = "footprints-model"
+
+
+@dataclass(frozen=True, slots=True)
+class TileResult:
+    """A predicted tile: uint8 probabilities ``(K, height, width)`` and, when partly
+    nodata, its bit-packed validity mask."""
+
+    tile: Tile
+    probability: NDArray[np.uint8]
+    packed_valid: NDArray[np.uint8] | None
+
+    def valid(self) -> NDArray[np.bool_]:
+        if self.packed_valid is None:
+            return np.ones((self.tile.height, self.tile.width), dtype=np.bool_)
+        n = self.tile.height * self.tile.width
+        flat = np.unpackbits(self.packed_valid, count=n).astype(np.bool_)
+        return flat.reshape(self.tile.height, self.tile.width)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one task returns: results for tiles with data, and tiles it skipped."""
+
+    results: tuple[TileResult, ...]
+    skipped: tuple[Tile, ...]
+    worker_pid: int
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once when a worker starts (or when the plugin is registered)."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+
+    def setup(self, worker: Any) -> None:
+        cached_segmenter(self.source)
+
+
+def predict_batch(
+    info: RasterInfo, tiles: Sequence[Tile], source: ModelSource, scale: float = 1.0
+) -> BatchResult:
+    """Worker task: read the windows, skip all-nodata tiles, predict the rest.
+
+    ``scale`` (input GSD / model GSD) is applied by the segmenter, which returns the
+    probabilities on the input grid.
+    """
+    pixels, valids, kept, skipped = [], [], [], []
+    with rasterio.open(info.path) as ds:
+        for tile in tiles:
+            px, valid = read_tile(info, tile, dataset=ds)
+            if not valid.any():
+                skipped.append(tile)
+                continue
+            pixels.append(px)
+            valids.append(valid)
+            kept.append(tile)
+    results: list[TileResult] = []
+    if kept:
+        prob = cached_segmenter(source).predict(np.stack(pixels), scale=scale)
+        for tile, p, valid in zip(kept, prob, valids, strict=True):
+            packed = None if valid.all() else np.packbits(valid.ravel())
+            results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
+    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
+
+
+def batches(tiles: Sequence[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
+    """Consecutive (row-major) batches of tiles."""
+    return [tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+
+@contextlib.contextmanager
+def connect(*, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1) -> Iterator[Client]:
+    """A client to ``scheduler`` (``tcp://HOST:PORT``) or to a new ``LocalCluster``."""
+    if scheduler:
+        with Client(scheduler) as client:  # type: ignore[no-untyped-call]
+            yield client
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        yield client
+
+
+def workers_have_gpus(client: Client) -> bool:
+    """True when any worker declares a ``GPU`` resource."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any("GPU" in w.get("resources", {}) for w in workers.values())
+
+
+def run_batches(
+    client: Client,
+    *,
+    info: RasterInfo,
+    grid: TileGrid,
+    source: ModelSource,
+    batch_size: int,
+    max_in_flight: int,
+    on_batch: Callable[[BatchResult], None],
+    scale: float = 1.0,
+    skip: frozenset[int] = frozenset(),
+) -> int:
+    """Submit batches in row-major order and feed results to ``on_batch``.
+
+    At most ``max_in_flight`` batches are submitted past the oldest unfinished one,
+    so memory stays flat however large the raster is, even behind a straggler.
+    Tiles whose index is in ``skip`` are not submitted. Returns the batch count.
+    """
+    client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
+    resources = {"GPU": 1} if workers_have_gpus(client) else None
+    todo = batches([t for t in grid if t.index not in skip], batch_size)
+    pending: dict[Any, int] = {}
+    done: set[int] = set()
+    ac = as_completed()  # type: ignore[no-untyped-call]
+    next_i, oldest = 0, 0
+
+    def fill() -> None:
+        nonlocal next_i
+        while next_i < len(todo) and next_i < oldest + max_in_flight:
+            fut = client.submit(predict_batch, info, todo[next_i], source, resources=resources, pure=False)
+            pending[fut.key] = next_i
+            ac.add(fut)  # type: ignore[no-untyped-call]
+            next_i += 1
+
+    fill()
+    for fut in ac:
+        i = pending.pop(fut.key)
+        on_batch(fut.result())
+        fut.release()
+        done.add(i)
+        while oldest in done:
+            oldest += 1
+        fill()
+    return len(todo)

@@ -1,0 +1,94 @@
+"""Coordinate reference systems and metric units.
+
+Areas and tolerances are always in metres. A projected CRS in metres is used as
+is; anything else (a geographic CRS, feet) works in the UTM zone of the scene's
+centre, so ``min_area_m2`` means square metres on Rio's EPSG:4326 tiles too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from rasterio.crs import CRS
+
+WGS84 = ProjCRS.from_epsg(4326)
+
+
+def _is_metric_projected(crs: ProjCRS) -> bool:
+    if not crs.is_projected:
+        return False
+    units = {ax.unit_name.lower() for ax in crs.axis_info}
+    return units <= {"metre", "meter", "m"}
+
+
+def utm_for(lon: float, lat: float) -> ProjCRS:
+    """The WGS 84 UTM zone containing ``(lon, lat)``."""
+    infos = query_utm_crs_info(
+        datum_name="WGS 84",
+        area_of_interest=AreaOfInterest(lon, lat, lon, lat),
+    )
+    if not infos:
+        zone = int((lon + 180) // 6) + 1
+        return ProjCRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    return ProjCRS.from_authority(infos[0].auth_name, infos[0].code)
+
+
+@dataclass(frozen=True)
+class MetricFrame:
+    """Transforms between a scene CRS and the metric CRS its measurements use."""
+
+    scene: ProjCRS
+    metric: ProjCRS
+
+    @classmethod
+    def for_scene(cls, crs: CRS | ProjCRS, bounds: tuple[float, float, float, float]) -> MetricFrame:
+        scene = ProjCRS.from_user_input(crs.to_wkt() if isinstance(crs, CRS) else crs)
+        if _is_metric_projected(scene):
+            return cls(scene=scene, metric=scene)
+        left, bottom, right, top = bounds
+        to_ll = Transformer.from_crs(scene, WGS84, always_xy=True)
+        lon, lat = to_ll.transform((left + right) / 2, (bottom + top) / 2)
+        return cls(scene=scene, metric=utm_for(float(lon), float(lat)))
+
+    @property
+    def identity(self) -> bool:
+        return self.scene == self.metric
+
+    def to_metric(self, geoms: NDArray[np.object_]) -> NDArray[np.object_]:
+        if self.identity:
+            return geoms
+        return reproject(geoms, src=self.scene, dst=self.metric)
+
+    def to_scene(self, geoms: NDArray[np.object_]) -> NDArray[np.object_]:
+        if self.identity:
+            return geoms
+        return reproject(geoms, src=self.metric, dst=self.scene)
+
+
+def reproject(geoms: NDArray[np.object_], *, src: ProjCRS, dst: ProjCRS) -> NDArray[np.object_]:
+    """Reproject a shapely array with pyproj (x/y = lon/lat order for geographic CRSs)."""
+    tr = Transformer.from_crs(src, dst, always_xy=True)
+
+    def fn(coords: NDArray[np.float64]) -> NDArray[np.float64]:
+        x, y = tr.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    return np.asarray(shapely.transform(geoms, fn), dtype=object)
+
+
+def pixel_size_m(crs: CRS, transform: tuple[float, ...], bounds: tuple[float, float, float, float]) -> float:
+    """Mean ground sample distance in metres of a raster's pixels."""
+    frame = MetricFrame.for_scene(crs, bounds)
+    a, e = abs(transform[0]), abs(transform[4])
+    left, bottom, right, top = bounds
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    box = shapely.box(cx, cy, cx + a, cy + e)
+    metric = frame.to_metric(np.array([box], dtype=object))[0]
+    return float(np.sqrt(shapely.area(metric)))

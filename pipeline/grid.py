@@ -1,0 +1,192 @@
+"""Tile grids: immutable value objects that cut a raster into overlapping tiles.
+
+Axis order is always explicit: ``row_off``/``col_off`` and ``(height, width)``.
+A grid is pure geometry; it never touches pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One tile: a window in raster pixel space plus its position in the grid.
+
+    The ``top``/``left``/``bottom``/``right`` flags say which sides lie on the raster
+    border; those sides are not tapered when blending, so border pixels keep full weight.
+    """
+
+    index: int
+    tile_row: int
+    tile_col: int
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+    top: bool
+    left: bool
+    bottom: bool
+    right: bool
+
+    @property
+    def row_end(self) -> int:
+        return self.row_off + self.height
+
+    @property
+    def col_end(self) -> int:
+        return self.col_off + self.width
+
+    @property
+    def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((row_start, row_stop), (col_start, col_stop))``, as rasterio accepts."""
+        return ((self.row_off, self.row_end), (self.col_off, self.col_end))
+
+
+def _axis_offsets(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets along one axis; the last tile is shifted to end on the border."""
+    if length <= tile:
+        return [0]
+    offsets = list(range(0, length - tile, stride))
+    offsets.append(length - tile)
+    return offsets
+
+
+@dataclass(frozen=True, slots=True)
+class TileGrid:
+    """Overlapping tiles over a raster of ``(height, width)`` pixels.
+
+    Tiles are ``tile_size`` square (clipped to the raster when it is smaller) and
+    start every ``stride = tile_size - overlap`` pixels. The last tile of each axis is
+    shifted back so that it ends on the raster border: no tile reads outside the
+    raster, and no padding is ever blended into the result.
+    """
+
+    height: int
+    width: int
+    tile_size: int = 512
+    overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ConfigError(
+                f"raster shape ({self.height}, {self.width}) is empty; a grid needs at least 1x1 pixels"
+            )
+        if self.tile_size < 16:
+            raise ConfigError(
+                f"tiling.tile_size={self.tile_size} is too small; use at least 16 (default 512)"
+            )
+        if not 0 <= self.overlap <= self.tile_size // 2:
+            raise ConfigError(
+                f"tiling.overlap={self.overlap} must lie in [0, tile_size/2="
+                f"{self.tile_size // 2}]; lower the overlap or raise the tile size"
+            )
+
+    @property
+    def stride(self) -> int:
+        return self.tile_size - self.overlap
+
+    @property
+    def row_offsets(self) -> list[int]:
+        return _axis_offsets(self.height, self.tile_size, self.stride)
+
+    @property
+    def col_offsets(self) -> list[int]:
+        return _axis_offsets(self.width, self.tile_size, self.stride)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of tiles as ``(tile_rows, tile_cols)``."""
+        return (len(self.row_offsets), len(self.col_offsets))
+
+    def __len__(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def __iter__(self) -> Iterator[Tile]:
+        rows, cols = self.row_offsets, self.col_offsets
+        th, tw = min(self.tile_size, self.height), min(self.tile_size, self.width)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                yield Tile(
+                    index=i * len(cols) + j,
+                    tile_row=i,
+                    tile_col=j,
+                    row_off=r,
+                    col_off=c,
+                    height=th,
+                    width=tw,
+                    top=r == 0,
+                    left=c == 0,
+                    bottom=r + th == self.height,
+                    right=c + tw == self.width,
+                )
+
+    def tile_row_span(self, tile_row: int) -> tuple[int, int]:
+        """Raster rows ``[start, stop)`` covered by one row of tiles."""
+        start = self.row_offsets[tile_row]
+        return start, min(start + self.tile_size, self.height)
+
+    @classmethod
+    def aligned(
+        cls,
+        *,
+        height: int,
+        width: int,
+        tile_size: int,
+        overlap: int,
+        block_shape: tuple[int, int] | None,
+    ) -> TileGrid:
+        """A grid whose tile origins fall on the file's internal block boundaries.
+
+        When the input is tiled with ``block_shape = (block_height, block_width)``
+        and a stride that is a multiple of the block size exists with an overlap of at
+        most half a tile, the overlap is raised to reach it, so every window starts on
+        a block boundary and GDAL decodes each block for as few tiles as possible.
+        Otherwise the configured overlap is kept.
+        """
+        if block_shape is None or block_shape[0] != block_shape[1]:
+            return cls(height=height, width=width, tile_size=tile_size, overlap=overlap)
+        block = block_shape[0]
+        stride = ((tile_size - overlap) // block) * block
+        if block >= 16 and stride >= tile_size - tile_size // 2 and stride > 0:
+            overlap = tile_size - stride
+        return cls(height=height, width=width, tile_size=tile_size, overlap=overlap)
+
+
+def blend_profile(length: int, *, overlap: int, taper_start: bool, taper_end: bool) -> NDArray[np.float32]:
+    """1-D blending weights for one tile side.
+
+    On a tapered side the first ``margin = overlap // 4`` pixels get weight 0 (their
+    context is cut off by the tile edge), then a raised-cosine ramp rises to 1 over the
+    rest of the overlap. Two neighbouring tiles overlap by ``overlap`` pixels, so at
+    every pixel at least one of them has positive weight: weights never sum to zero.
+    Sides on the raster border are not tapered.
+    """
+    weights = np.ones(length, dtype=np.float32)
+    if overlap <= 0:
+        return weights
+    margin = overlap // 4
+    ramp_len = max(overlap - 2 * margin, 1)
+    d = np.arange(length, dtype=np.float64)
+    ramp = np.clip((d - margin + 0.5) / ramp_len, 0.0, 1.0)
+    ramp = np.sin(ramp * math.pi / 2) ** 2
+    if taper_start:
+        weights *= ramp.astype(np.float32)
+    if taper_end:
+        weights *= ramp[::-1].astype(np.float32)
+    return weights
+
+
+def tile_weights(tile: Tile, *, overlap: int) -> NDArray[np.float32]:
+    """2-D weight window ``(height, width)`` for a tile, the outer product of two profiles."""
+    wr = blend_profile(tile.height, overlap=overlap, taper_start=not tile.top, taper_end=not tile.bottom)
+    wc = blend_profile(tile.width, overlap=overlap, taper_start=not tile.left, taper_end=not tile.right)
+    return np.outer(wr, wc).astype(np.float32)

@@ -1,0 +1,261 @@
+"""Inference: turn batches of uint8 tiles into uint8 building probabilities.
+
+A :class:`Segmenter` is anything that maps ``(N, 3, H, W)`` uint8 pixels to
+``(N, H, W)`` uint8 probabilities (0-255). :class:`TorchSegmenter` wraps DeepLabV3;
+tests swap in deterministic local operators. A :class:`ModelSource` is the small,
+picklable recipe that a Dask worker turns into a segmenter once, and caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
+    import torch
+
+
+class Segmenter(Protocol):
+    """Maps uint8 pixels ``(N, 3, H, W)`` to uint8 probabilities ``(N, K, H, W)``.
+
+    Channel 0 is the building probability; a model with a boundary class adds it as
+    channel 1. ``scale`` is the resampling factor from input pixels to model pixels
+    (input GSD / model GSD): the segmenter resamples its input by it and its output
+    back, so callers always see the input grid.
+    """
+
+    def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]: ...
+
+
+class ModelSource(Protocol):
+    """A picklable, hashable recipe for a :class:`Segmenter`."""
+
+    def load(self) -> Segmenter: ...
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+#: Resampling is skipped when input and model GSD agree within this relative tolerance.
+SCALE_TOLERANCE = 0.05
+
+
+def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
+    if abs(scale - 1.0) <= SCALE_TOLERANCE:
+        return (height, width)
+    return (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:
+    """Quantize probabilities in [0, 1] to 0-255 with rounding."""
+    import torch
+
+    q = torch.clamp(prob * 255.0 + 0.5, 0, 255).to(torch.uint8)
+    return np.ascontiguousarray(q.cpu().numpy())
+
+
+@dataclass
+class TorchSegmenter:
+    """DeepLabV3 (or any logits model) on a device, under ``torch.inference_mode``.
+
+    Pixels are scaled to [0, 1] and normalized with the checkpoint's mean and std,
+    resampled to the model's GSD (bilinear, antialiased), and the per-class sigmoid
+    probabilities are resampled back to the input window. On CUDA the forward pass
+    runs under fp16 autocast.
+    """
+
+    model: torch.nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    threads: int | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device)
+
+    def _normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = x.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]:
+        import torch
+        import torch.nn.functional as F
+
+        with self._lock, torch.inference_mode():
+            if self.threads and self.device.type == "cpu":
+                # OpenMP thread counts are per calling thread: Dask runs tasks on executor
+                # threads started with OMP_NUM_THREADS=1, so set it where we compute.
+                torch.set_num_threads(self.threads)
+            x = self._normalize(pixels)
+            size = tuple(x.shape[-2:])
+            target = model_shape(size[0], size[1], scale)
+            if target != size:
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
+            if self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            prob = torch.sigmoid(logits.float())
+            if target != size:
+                prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+            return to_uint8_probability(prob)
+
+
+def file_sha256(path: str | Path, *, chunk: int = 1 << 22) -> str:
+    """Streaming SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Load a safetensors checkpoint (see :mod:`pipeline.checkpoint`)."""
+
+    path: str
+    device: str = "auto"
+    threads: int | None = None
+
+    def load(self) -> Segmenter:
+        import torch
+
+        from pipeline.checkpoint import load_checkpoint
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        loaded = load_checkpoint(self.path)
+        norm = loaded.metadata.get("normalization", {})
+        return TorchSegmenter(
+            model=loaded.model,
+            mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
+            std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
+            device=resolve_device(self.device),
+            threads=self.threads,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        if not Path(self.path).exists():
+            raise CheckpointError(
+                f"{self.path}: checkpoint not found; pass --model with an existing "
+                ".safetensors file or omit it to use the shipped model"
+            )
+        meta = checkpoint_header(self.path)
+        return {
+            "id": Path(self.path).stem,
+            "sha256": file_sha256(self.path),
+            "path": self.path,
+            "trained": True,
+            "threshold": float(meta.get("threshold", 0.5)),
+            "gsd_m": meta.get("gsd_m"),
+            "classes": list(meta.get("classes", ["building"])),
+        }
+
+
+UNTRAINED_WARNING = (
+    "no trained checkpoint found in models/ and none given with --model: running an "
+    "UNTRAINED DeepLabV3, so the output is meaningless"
+)
+
+
+@dataclass(frozen=True)
+class UntrainedSource:
+    """A randomly initialised DeepLabV3 (seeded), for runs before a checkpoint exists."""
+
+    encoder: str = "efficientnet-lite0"
+    output_stride: int = 16
+    device: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+
+    def load(self) -> Segmenter:
+        import torch
+
+        from pipeline.model import ModelSpec, build_model
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.manual_seed(self.seed)
+        spec = ModelSpec(encoder=self.encoder, encoder_weights=None, output_stride=self.output_stride)
+        return TorchSegmenter(
+            model=build_model(spec),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            device=resolve_device(self.device),
+            threads=self.threads,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
+        return {
+            "id": f"untrained-deeplabv3-{self.encoder}-os{self.output_stride}",
+            "sha256": None,
+            "path": None,
+            "trained": False,
+            "threshold": 0.5,
+            "gsd_m": None,
+            "classes": ["building", "boundary"],
+        }
+
+
+def checkpoint_header(path: str) -> dict[str, Any]:
+    """The footprints metadata of a safetensors checkpoint, read without torch."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            raw = (f.metadata() or {}).get("footprints")
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: not a safetensors checkpoint ({exc}); pass a file written by `footprints train`"
+        ) from exc
+    if raw is None:
+        raise CheckpointError(
+            f"{path}: safetensors file without footprints metadata; pass a file written by `footprints train`"
+        )
+    meta: dict[str, Any] = json.loads(raw)
+    return meta
+
+
+_CACHE: dict[Any, Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_segmenter(source: ModelSource) -> Segmenter:
+    """The worker-local segmenter for ``source``, loaded once per process."""
+    with _CACHE_LOCK:
+        seg = _CACHE.get(source)
+        if seg is None:
+            seg = source.load()
+            _CACHE[source] = seg
+        return seg
+
+
+def cached_count() -> int:
+    """How many segmenters this process has loaded (for tests)."""
+    return len(_CACHE)

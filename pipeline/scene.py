@@ -1,0 +1,330 @@
+"""The main job for one scene: plan → infer and stitch → vectorize → write.
+
+Each stage is a small function with typed keyword arguments; :func:`segment_scene`
+runs them in order for the CLI, and ``flows/segment_scene.py`` wraps the same
+functions as Prefect tasks. Everything is written into a hidden staging folder in
+OUTDIR and renamed into place at the end, so OUTDIR only ever holds whole files.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+
+from pipeline.config import PipelineConfig, default_checkpoint
+from pipeline.dispatch import BatchResult, connect, run_batches
+from pipeline.geo import pixel_size_m
+from pipeline.grid import TileGrid
+from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource, file_sha256
+from pipeline.read import RasterInfo, open_raster
+from pipeline.regions import SeedSink
+from pipeline.stitch import RowSink, Stitcher, TeeSink
+from pipeline.vectorize import Buildings, vectorize_scene
+from pipeline.write import CogSink, publish, staging_dir, write_json_atomic, write_vector
+
+OUTPUT_NAMES = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json")
+VERSIONED = (
+    "torch", "segmentation-models-pytorch", "timm", "rasterio", "shapely", "geopandas",
+    "dask", "distributed", "prefect", "numpy", "pyogrio",
+)  # fmt: skip
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    """An opened input, its GSD, and the tile grid over it (in input pixels).
+
+    ``scale`` = input GSD / model GSD: a tile of ``grid.tile_size`` input pixels is
+    resampled to about ``tile_size * scale`` model pixels, the configured tile size.
+    """
+
+    info: RasterInfo
+    grid: TileGrid
+    scene: str
+    gsd_m: float = 1.0
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    source: ModelSource
+    description: dict[str, Any]
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+@dataclass(frozen=True)
+class StitchStats:
+    tiles: int
+    tiles_inferred: int
+    tiles_skipped: int
+    batches: int
+    peak_rows: int
+
+
+def scene_id(path: str) -> str:
+    return Path(path.rstrip("/")).stem
+
+
+def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | None = None) -> ScenePlan:
+    """Open and validate the input, and lay the tile grid over it.
+
+    When the model was trained at ``model_gsd_m``, tiles are sized in input pixels so
+    that, resampled to the model's GSD, they are ``tiling.tile_size`` pixels across.
+    """
+    ic = config.input
+    info = open_raster(
+        input_path,
+        bands=tuple(ic.bands) if ic.bands else None,
+        percentiles=ic.percentiles,
+        nodata=ic.nodata,
+    )
+    gsd = ic.gsd_m or pixel_size_m(info.crs, tuple(info.transform), info.bounds)
+    scale = 1.0 if model_gsd_m is None else gsd / model_gsd_m
+    if abs(scale - 1.0) <= SCALE_TOLERANCE:
+        scale = 1.0
+    tc = config.tiling
+    grid = TileGrid.aligned(
+        height=info.height,
+        width=info.width,
+        tile_size=max(16, round(tc.tile_size / scale)),
+        overlap=round(tc.overlap / scale),
+        block_shape=info.block_shape if tc.align_to_blocks else None,
+    )
+    return ScenePlan(info=info, grid=grid, scene=scene_id(input_path), gsd_m=gsd, scale=scale)
+
+
+def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoice:
+    """``--model``, else ``model.checkpoint``, else the shipped checkpoint, else untrained."""
+    mc = config.model
+    path = model_path or mc.checkpoint or default_checkpoint()
+    threads = max(1, (os.cpu_count() or 1) // config.dask.n_workers)
+    if path is not None:
+        src: CheckpointSource | UntrainedSource = CheckpointSource(
+            path=str(path), device=mc.device, threads=threads
+        )
+    else:
+        src = UntrainedSource(
+            encoder=mc.encoder, output_stride=mc.output_stride, device=mc.device, threads=threads
+        )
+    desc = src.describe()
+    if mc.threshold is not None:
+        desc["threshold"] = mc.threshold
+    return ModelChoice(source=src, description=desc)
+
+
+def infer_and_stitch(
+    *,
+    plan: ScenePlan,
+    model: ModelChoice,
+    config: PipelineConfig,
+    workdir: Path,
+    progress: ProgressFn | None = None,
+    client: Any | None = None,
+) -> StitchStats:
+    """Dispatch tiles to Dask, blend the predictions and stream them to COGs.
+
+    With a boundary class (and ``split.enabled``), building cores are labelled on the
+    fly and grown into ``regions.scratch.tif`` once the mask is complete.
+    """
+    info, grid = plan.info, plan.grid
+    channels = 2 if splits(model, config) else 1
+    geo: dict[str, Any] = {
+        "crs": info.crs, "transform": info.transform, "height": info.height, "width": info.width
+    }  # fmt: skip
+    sink = CogSink(workdir=workdir, channels=channels, **geo)
+    seeds = None
+    sinks: tuple[RowSink, ...] = (sink,)
+    if channels == 2:
+        sc = config.split
+        seeds = SeedSink(
+            workdir=workdir, seed_threshold=sc.seed_threshold, boundary_threshold=sc.boundary_threshold, **geo
+        )
+        sinks = (sink, seeds)
+    stitcher = Stitcher(
+        grid=grid, sink=TeeSink(sinks), threshold=float(model.description["threshold"]), channels=channels
+    )
+    counts = {"inferred": 0, "skipped": 0}
+
+    def on_batch(batch: BatchResult) -> None:
+        for r in batch.results:
+            stitcher.add(r.tile, r.probability, r.valid())
+        for t in batch.skipped:
+            stitcher.mark_done(t)
+        counts["inferred"] += len(batch.results)
+        counts["skipped"] += len(batch.skipped)
+        if progress is not None:
+            progress(counts["inferred"] + counts["skipped"], len(grid))
+
+    dc, tc = config.dask, config.tiling
+    try:
+        with _client(client, config) as c:
+            n_batches = run_batches(
+                c,
+                info=info,
+                grid=grid,
+                source=model.source,
+                batch_size=tc.batch_size,
+                max_in_flight=dc.max_batches_in_flight,
+                on_batch=on_batch,
+                scale=plan.scale,
+            )
+        sink.finish()
+        if seeds is not None:
+            sc = config.split
+            seeds.finish(
+                mask_path=workdir / "mask.tif",
+                min_seed_px=max(1, math.ceil(sc.min_seed_m2 / plan.gsd_m**2)),
+                grow_px=math.ceil(sc.grow_m / plan.gsd_m),
+            )
+    finally:
+        sink.close()
+        if seeds is not None:
+            seeds.close()
+    return StitchStats(len(grid), counts["inferred"], counts["skipped"], n_batches, stitcher.peak_rows)
+
+
+def splits(model: ModelChoice, config: PipelineConfig) -> bool:
+    """Whether touching buildings are separated: the model has a boundary class and it is on."""
+    return config.split.enabled and "boundary" in model.description.get("classes", [])
+
+
+@contextmanager
+def _client(client: Any | None, config: PipelineConfig) -> Iterator[Any]:
+    if client is not None:
+        yield client
+        return
+    dc = config.dask
+    with connect(
+        scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker
+    ) as c:
+        yield c
+
+
+def buildings_frame(buildings: Buildings, *, scene: str, model_id: str) -> gpd.GeoDataFrame:
+    """The GeoDataFrame adapter around :class:`Buildings` (scene CRS)."""
+    return gpd.GeoDataFrame(
+        {
+            "id": buildings.id.astype(object),
+            "area_m2": np.round(buildings.area_m2, 2),
+            "confidence": np.round(buildings.confidence, 4),
+            "scene": np.full(len(buildings), scene, dtype=object),
+            "model": np.full(len(buildings), model_id, dtype=object),
+        },
+        geometry=gpd.GeoSeries(buildings.geometry, crs=buildings.crs),
+    )
+
+
+def vectorize_stage(
+    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path
+) -> Buildings:
+    vc = config.vectorize
+    return vectorize_scene(
+        mask_path=str(workdir / "mask.tif"),
+        probability_path=str(workdir / "probability.tif"),
+        scene=plan.scene,
+        min_area_m2=vc.min_area_m2,
+        simplify_m=vc.simplify_m,
+    )
+
+
+def write_vectors_stage(*, buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path) -> None:
+    """``buildings.gpkg`` in the scene CRS and RFC 7946 ``buildings.geojson``."""
+    frame = buildings_frame(buildings, scene=plan.scene, model_id=str(model.description["id"]))
+    write_vector(frame, workdir / "buildings.gpkg", driver="GPKG")
+    write_vector(frame.to_crs(4326), workdir / "buildings.geojson", driver="GeoJSON")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_record(
+    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
+    n_buildings: int, seconds: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    info = plan.info
+    checksum = file_sha256(info.path) if os.path.exists(info.path) else None
+    return {
+        "scene": plan.scene,
+        "input": {"path": info.path, "sha256": checksum, "crs": info.crs.to_string(),
+                  "height": info.height, "width": info.width, "bands": list(info.bands)},
+        "config": config.model_dump(mode="json"),
+        "model": model.description,
+        "grid": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
+                 "shape": list(plan.grid.shape), "input_gsd_m": round(plan.gsd_m, 4),
+                 "scale_to_model": round(plan.scale, 4)},
+        "counts": {"tiles": stats.tiles, "tiles_inferred": stats.tiles_inferred,
+                   "tiles_skipped": stats.tiles_skipped, "batches": stats.batches,
+                   "buildings": n_buildings},
+        "seconds": seconds,
+        "versions": package_versions(),
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    out_dir: Path
+    record: dict[str, Any]
+
+
+def segment_scene(
+    *,
+    input_path: str,
+    out_dir: str | os.PathLike[str],
+    config: PipelineConfig,
+    model_path: str | None = None,
+    progress: ProgressFn | None = None,
+    client: Any | None = None,
+) -> SceneResult:
+    """Run the whole job for one scene and publish the five outputs into ``out_dir``."""
+    timer = StageTimer()
+    with timer.stage("plan"):
+        model = choose_model(model_path=model_path, config=config)
+        plan = plan_scene(input_path=input_path, config=config, model_gsd_m=model.description.get("gsd_m"))
+    with staging_dir(out_dir) as work:
+        with timer.stage("infer_stitch"):
+            stats = infer_and_stitch(
+                plan=plan, model=model, config=config, workdir=work, progress=progress, client=client
+            )
+        with timer.stage("vectorize"):
+            buildings = vectorize_stage(plan=plan, model=model, config=config, workdir=work)
+        with timer.stage("write_vectors"):
+            write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=work)
+        record = run_record(
+            plan=plan, model=model, config=config, stats=stats,
+            n_buildings=len(buildings), seconds=timer.seconds,
+        )  # fmt: skip
+        write_json_atomic(work / "run.json", record)
+        out = Path(out_dir)
+        for name in OUTPUT_NAMES:
+            publish(work / name, out / name)
+    return SceneResult(out_dir=out, record=record)

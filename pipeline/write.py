@@ -1,0 +1,183 @@
+"""Write outputs: streamed Cloud-Optimized GeoTIFFs and vector files, all atomically.
+
+Rasters are streamed row band by row band into tiled, deflate-compressed scratch
+GeoTIFFs, then GDAL's COG driver builds the overviews block by block and lays the
+file out as a COG. Vector files are written by pyogrio. Every file is first written
+under a temporary name in the destination folder and renamed into place, so an
+interrupted run never leaves a partial file under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from numpy.typing import NDArray
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from pipeline.errors import OutputError
+
+MASK_NODATA = 255
+BLOCK = 512
+GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "2"}
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden scratch folder inside ``out_dir``, removed afterwards whatever happens."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder ({exc}); choose a writable --out") from exc
+    tmp = Path(tempfile.mkdtemp(prefix=".footprints-tmp-", dir=out))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Rename a finished file into place (atomic on one filesystem)."""
+    os.replace(staged, final)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class CogSink:
+    """Streams ``probability`` and ``mask`` rows into scratch GeoTIFFs, then makes COGs.
+
+    ``probability.tif`` is uint8 0-255 with an internal nodata mask;
+    ``mask.tif`` is uint8 0/1 with nodata 255. Both carry the input's CRS,
+    transform, width and height.
+    """
+
+    workdir: Path
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+    channels: int = 1
+    rows_written: int = 0
+    _prob: Any = field(init=False, repr=False)
+    _mask: Any = field(init=False, repr=False)
+    _boundary: Any = field(init=False, repr=False, default=None)
+
+    def _profile(self, *, nodata: int | None) -> dict[str, Any]:
+        return {
+            "driver": "GTiff",
+            "dtype": "uint8",
+            "count": 1,
+            "height": self.height,
+            "width": self.width,
+            "crs": self.crs,
+            "transform": self.transform,
+            "tiled": True,
+            "blockxsize": BLOCK,
+            "blockysize": BLOCK,
+            "compress": "deflate",
+            "nodata": nodata,
+            "BIGTIFF": "IF_SAFER",
+        }
+
+    def __post_init__(self) -> None:
+        with rasterio.Env(**GDAL_ENV):
+            self._prob = rasterio.open(
+                self.workdir / "probability.scratch.tif", "w", **self._profile(nodata=None)
+            )
+            self._mask = rasterio.open(
+                self.workdir / "mask.scratch.tif", "w", **self._profile(nodata=MASK_NODATA)
+            )
+            if self.channels > 1:
+                self._boundary = rasterio.open(self.boundary_path, "w", **self._profile(nodata=None))
+
+    @property
+    def boundary_path(self) -> Path:
+        """Scratch raster of the boundary-class probability (not an output)."""
+        return self.workdir / "boundary.scratch.tif"
+
+    def write_rows(
+        self,
+        *,
+        row_off: int,
+        probability: NDArray[np.uint8],
+        mask: NDArray[np.uint8],
+        valid: NDArray[np.bool_],
+    ) -> None:
+        h = probability.shape[1]
+        window = Window(0, row_off, self.width, h)
+        with rasterio.Env(**GDAL_ENV):
+            self._prob.write(np.where(valid, probability[0], 0).astype(np.uint8), 1, window=window)
+            if self._boundary is not None:
+                self._boundary.write(np.where(valid, probability[1], 0).astype(np.uint8), 1, window=window)
+            self._prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+            self._mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=window)
+        self.rows_written = max(self.rows_written, row_off + h)
+
+    def close(self) -> None:
+        with rasterio.Env(**GDAL_ENV):
+            for ds in (self._prob, self._mask, self._boundary):
+                if ds is not None and not ds.closed:
+                    ds.close()
+
+    def finish(self) -> tuple[Path, Path]:
+        """Close the scratch files and convert them to COGs in ``workdir``."""
+        self.close()
+        if self.rows_written != self.height:
+            raise OutputError(
+                f"{self.workdir}: only {self.rows_written} of {self.height} rows were stitched; "
+                "this is a bug, please report it"
+            )
+        prob = self.workdir / "probability.tif"
+        mask = self.workdir / "mask.tif"
+        to_cog(self.workdir / "probability.scratch.tif", prob, resampling="average")
+        to_cog(self.workdir / "mask.scratch.tif", mask, resampling="nearest")
+        return prob, mask
+
+
+def to_cog(src: Path, dst: Path, *, resampling: str) -> None:
+    """Convert a tiled GeoTIFF to a COG with overviews (GDAL COG driver, streamed)."""
+    with rasterio.Env(**GDAL_ENV):
+        rasterio.shutil.copy(
+            src,
+            dst,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=BLOCK,
+            OVERVIEWS="AUTO",
+            OVERVIEW_RESAMPLING=resampling.upper(),
+            BIGTIFF="IF_SAFER",
+            NUM_THREADS="2",
+        )
+    src.unlink()
+
+
+def write_vector(frame: Any, path: Path, *, driver: str, layer: str = "buildings") -> None:
+    """Write a GeoDataFrame with pyogrio to a temporary name, then rename into place."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if tmp.exists():
+        tmp.unlink()
+    options: dict[str, Any] = {}
+    if driver == "GeoJSON":
+        options = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
+    frame.to_file(
+        tmp, driver=driver, layer=None if driver == "GeoJSON" else layer, engine="pyogrio", **options
+    )
+    os.replace(tmp, path)

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny GeoTIFFs with a known CRS and transform, written to tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from numpy.typing import NDArray
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+DEMO_SCENE = REAL / "inria_austin" / "images" / "aerial_sample.tif"
+DEMO_LABELS = REAL / "inria_austin" / "labels" / "aerial_sample.tif"
+UTM_CRS = "EPSG:32614"
+ORIGIN = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 3300000.0)
+
+requires_real = pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is absent")
+
+
+def coordinate_image(height: int, width: int, *, bands: int = 3) -> NDArray[np.uint8]:
+    """Pixels that encode their own position: band 1 = row % 251, band 2 = col % 251, band 3 mixes."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    planes = [rows % 251, cols % 251, (rows // 251 * 7 + cols // 251 * 13) % 251]
+    return np.stack(planes[:bands] + [planes[0]] * max(0, bands - 3)).astype(np.uint8)
+
+
+def write_tif(
+    path: Path,
+    data: NDArray[Any],
+    *,
+    crs: str | None = UTM_CRS,
+    transform: Affine = ORIGIN,
+    nodata: float | None = None,
+    tiled: bool = False,
+    block: int = 256,
+    **extra: Any,
+) -> Path:
+    if data.ndim == 2:
+        data = data[None]
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        **extra,
+    }
+    if tiled:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    return path
+
+
+@pytest.fixture
+def make_tif(tmp_path: Path) -> Any:
+    counter = {"n": 0}
+
+    def make(data: NDArray[Any], name: str | None = None, **kw: Any) -> Path:
+        counter["n"] += 1
+        return write_tif(tmp_path / (name or f"in{counter['n']}.tif"), data, **kw)
+
+    return make

@@ -1,0 +1,66 @@
+"""The demo scene end to end, with the default model (realdata)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.warp import transform_bounds
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.scene import choose_model, plan_scene
+from pipeline.stitch import threshold_u8
+from tests.conftest import DEMO_SCENE, requires_real
+
+pytestmark = [requires_real, pytest.mark.realdata, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = CliRunner().invoke(app, ["segment", str(DEMO_SCENE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_writes_georeferenced_outputs(demo_out: Path) -> None:
+    assert {p.name for p in demo_out.iterdir()} == {
+        "probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json",
+    }  # fmt: skip
+    with rasterio.open(DEMO_SCENE) as src:
+        crs, transform, shape, bounds = src.crs, src.transform, src.shape, src.bounds
+    for name in ("probability.tif", "mask.tif"):
+        with rasterio.open(demo_out / name) as ds:
+            assert (ds.crs, ds.transform, ds.shape) == (crs, transform, shape)
+    doc = json.loads((demo_out / "buildings.geojson").read_text())
+    lon0, lat0, lon1, lat1 = transform_bounds(crs, "EPSG:4326", *bounds, densify_pts=21)
+    for feat in doc["features"]:
+        geom = shapely.geometry.shape(feat["geometry"])
+        for poly in getattr(geom, "geoms", [geom]):
+            assert poly.exterior.is_ccw
+            xy = np.asarray(poly.exterior.coords)
+            assert (lon0 - 1e-6 <= xy[:, 0]).all() and (xy[:, 0] <= lon1 + 1e-6).all()
+            assert (lat0 - 1e-6 <= xy[:, 1]).all() and (xy[:, 1] <= lat1 + 1e-6).all()
+        assert feat["properties"]["area_m2"] > 0 and 0 <= feat["properties"]["confidence"] <= 1
+
+
+def test_stitched_mask_agrees_with_one_pass_prediction(demo_out: Path) -> None:
+    cfg = load_config()
+    model = choose_model(model_path=None, config=cfg)
+    plan = plan_scene(input_path=str(DEMO_SCENE), config=cfg, model_gsd_m=model.description.get("gsd_m"))
+    with rasterio.open(DEMO_SCENE) as src:
+        pixels = src.read([1, 2, 3])
+    whole = model.source.load().predict(pixels[None], scale=plan.scale)[0, 0]
+    one_pass = whole >= threshold_u8(float(model.description["threshold"]))
+    with rasterio.open(demo_out / "mask.tif") as ds:
+        stitched = ds.read(1) == 1
+    union = (one_pass | stitched).sum()
+    iou = (one_pass & stitched).sum() / max(union, 1)
+    print(f"stitched vs one-pass IoU: {iou:.4f} ({union} px in the union)")
+    assert union > 1000 and iou >= 0.97

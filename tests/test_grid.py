@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.grid import TileGrid, blend_profile, tile_weights
+
+
+@pytest.mark.parametrize("shape", [(1000, 1000), (513, 1537), (100, 700), (37, 41), (2000, 3000)])
+@pytest.mark.parametrize(("tile", "overlap"), [(128, 16), (256, 32), (384, 32), (512, 64)])
+def test_tiles_cover_raster_and_stay_inside(shape: tuple[int, int], tile: int, overlap: int) -> None:
+    grid = TileGrid(height=shape[0], width=shape[1], tile_size=tile, overlap=overlap)
+    cover = np.zeros(shape, dtype=np.int32)
+    weight = np.zeros(shape, dtype=np.float64)
+    for t in grid:
+        assert t.row_off >= 0 and t.row_end <= shape[0]
+        assert t.col_off >= 0 and t.col_end <= shape[1]
+        assert (t.height, t.width) == (min(tile, shape[0]), min(tile, shape[1]))
+        cover[t.row_off : t.row_end, t.col_off : t.col_end] += 1
+        weight[t.row_off : t.row_end, t.col_off : t.col_end] += tile_weights(t, overlap=grid.overlap)
+    assert cover.min() >= 1
+    # every pixel, border pixels included, ends up with a strictly positive total weight
+    assert weight.min() > 0.05
+    assert len(grid) == grid.shape[0] * grid.shape[1]
+
+
+def test_border_pixels_have_full_weight() -> None:
+    grid = TileGrid(height=900, width=900, tile_size=256, overlap=32)
+    weight = np.zeros((900, 900))
+    for t in grid:
+        weight[t.row_off : t.row_end, t.col_off : t.col_end] += tile_weights(t, overlap=32)
+    assert weight[0, :].min() > 0 and weight[:, -1].min() > 0
+    corner = next(iter(grid))
+    w = tile_weights(corner, overlap=32)
+    assert w[0, 0] == 1.0 and w[0, 100] == 1.0 and w[100, 0] == 1.0
+
+
+def test_profile_zero_margin_then_smooth_ramp() -> None:
+    p = blend_profile(128, overlap=32, taper_start=True, taper_end=True)
+    assert np.all(p[:8] == 0) and np.all(p[-8:] == 0)
+    assert np.all(np.diff(p[:64]) >= 0)
+    assert p[64] == 1.0
+
+
+def test_last_tile_is_shifted_to_the_border() -> None:
+    grid = TileGrid(height=1000, width=600, tile_size=512, overlap=64)
+    assert grid.row_offsets == [0, 448, 488]
+    assert grid.col_offsets == [0, 88]
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(8, 0), (256, 200), (256, -1)])
+def test_bad_grid_parameters_are_rejected(tile: int, overlap: int) -> None:
+    with pytest.raises(ConfigError, match="tile"):
+        TileGrid(height=100, width=100, tile_size=tile, overlap=overlap)
+
+
+def test_grid_aligns_to_blocks() -> None:
+    grid = TileGrid.aligned(height=2000, width=2000, tile_size=256, overlap=32, block_shape=(64, 64))
+    assert grid.stride == 192 and grid.overlap == 64
+    assert all(o % 64 == 0 for o in grid.row_offsets[:-1])
+    unaligned = TileGrid.aligned(height=2000, width=2000, tile_size=512, overlap=64, block_shape=None)
+    assert unaligned.overlap == 64
+
+
+def test_grid_is_immutable() -> None:
+    grid = TileGrid(height=10, width=10, tile_size=16, overlap=0)
+    with pytest.raises(AttributeError):
+        grid.tile_size = 32  # type: ignore[misc]

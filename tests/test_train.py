@@ -1,0 +1,224 @@
+"""Training: loss, schedule, threshold choice, a tiny run that writes a loadable checkpoint, resume, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import typer
+import yaml
+from numpy.typing import NDArray
+from rasterio.transform import Affine
+from typer.testing import CliRunner
+
+import pipeline.train as train_module
+from pipeline.checkpoint import load_checkpoint, read_checkpoint_metadata
+from pipeline.cli_model import register
+from pipeline.errors import CheckpointError, ConfigError
+from pipeline.train import THRESHOLDS, choose_threshold, lr_factor, segmentation_loss, state_path, train
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _write_tif(path: Path, bands: NDArray[np.uint8], gsd: float) -> None:
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": bands.shape[1],
+        "width": bands.shape[2],
+        "count": bands.shape[0],
+        "dtype": "uint8",
+        "crs": "EPSG:32631",
+        "transform": Affine(gsd, 0.0, 500000.0, 0.0, -gsd, 5000000.0),
+    }
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(bands)
+
+
+def _scene(
+    tmp: Path, name: str, size: int, box: tuple[int, int, int, int], gsd: float = 1.0
+) -> dict[str, str]:
+    rng = np.random.default_rng(size)
+    image = rng.integers(40, 120, size=(3, size, size), dtype=np.uint8)
+    mask = np.zeros((1, size, size), np.uint8)
+    r0, r1, c0, c1 = box
+    mask[0, r0:r1, c0:c1] = 255
+    image[:, r0:r1, c0:c1] += 100  # bright roofs
+    _write_tif(tmp / f"{name}.tif", image, gsd)
+    _write_tif(tmp / f"{name}_gt.tif", mask, gsd)
+    return {"image": f"{name}.tif", "label": f"{name}_gt.tif"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("data")
+    items = [
+        _scene(tmp, "a", 96, (20, 50, 20, 60)),
+        _scene(tmp, "b", 80, (10, 30, 40, 70), gsd=0.5),
+        {**_scene(tmp, "v", 70, (10, 40, 10, 40)), "split": "val"},
+    ]
+    path = tmp / "DATASET.yaml"
+    path.write_text(yaml.safe_dump({"gsd_m": 1.0, "sources": {"synthetic": {"items": items}}}))
+    return path
+
+
+TINY: dict[str, Any] = {"crop": 64, "batch_size": 2, "progress": False, "threads": 2}
+
+
+# --------------------------------------------------------------------------- loss, schedule, threshold
+
+
+def test_loss_ignores_nodata_pixels() -> None:
+    torch.manual_seed(0)
+    target = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    target[:, 0, 4:12, 4:12] = 1
+    target[:, 1, 4:12, 4] = 1
+    target[:, :, :, 14:] = 255
+    logits = torch.randn(2, 2, 16, 16)
+    loss, parts = segmentation_loss(logits, target)
+    changed = logits.clone()
+    changed[:, :, :, 14:] = 50.0  # only no-data pixels differ
+    assert segmentation_loss(changed, target)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert set(parts) == {"bce", "dice", "boundary"}
+    perfect = (target.float() * 2 - 1) * 20
+    assert segmentation_loss(perfect, target)[0].item() < 0.01 < loss.item()
+    half = segmentation_loss(logits, target, boundary_weight=0.0)[0].item()
+    assert loss.item() - half == pytest.approx(0.5 * parts["boundary"].item(), rel=1e-5)
+
+
+def test_loss_of_an_all_nodata_batch_is_finite() -> None:
+    target = torch.full((2, 2, 8, 8), 255, dtype=torch.uint8)
+    loss, _ = segmentation_loss(torch.randn(2, 2, 8, 8, requires_grad=True), target)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    factors = [lr_factor(s, total=100, warmup=5) for s in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
+    assert factors[5] == pytest.approx(1.0) and all(a >= b for a, b in itertools.pairwise(factors[5:]))
+    assert lr_factor(100, total=100, warmup=5) == pytest.approx(0.01)
+
+
+def test_threshold_is_chosen_by_mean_iou_over_sources() -> None:
+    bins = 1001
+    hist = np.zeros((2, bins), np.int64)
+    hist[0, 620] = 80  # buildings at p = 0.62
+    hist[0, 200] = 20  # missed buildings at p = 0.20
+    hist[1, 550] = 30  # background at p = 0.55
+    hist[1, 100] = 900
+    threshold, metrics = choose_threshold({"a": hist, "b": hist})
+    assert threshold in THRESHOLDS and threshold == pytest.approx(0.6)
+    assert metrics["iou"] == pytest.approx(0.8) and metrics["iou_pooled"] == pytest.approx(0.8)
+    assert metrics["iou_at_0.5"] == pytest.approx(80 / 130) and metrics["iou_a"] == pytest.approx(0.8)
+
+
+def test_bad_options_are_config_errors(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        train(data=tiny_data, out=tmp_path / "m.safetensors", steps=1, crop=64, batch_size=1, progress=False)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        train(data=tiny_data, out=tmp_path / "m.safetensors", steps=1, crop=50, progress=False)
+    with pytest.raises(CheckpointError, match="no training state to resume"):
+        train(data=tiny_data, out=tmp_path / "m.safetensors", steps=1, resume=True, **TINY)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_tiny_training_run_writes_a_loadable_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    summary = train(data=tiny_data, out=out, steps=3, val_every=2, checkpoint_every=1, seed=3, **TINY)
+    assert summary["steps"] == 3 and summary["steps_this_call"] == 3
+    assert [h["step"] for h in summary["history"]] == [2, 3]
+    assert summary["threshold"] in THRESHOLDS and 0.0 <= summary["validation"]["iou"] <= 1.0
+    loaded = load_checkpoint(out)
+    assert loaded.spec.classes == ("building", "boundary") and loaded.spec.encoder == "efficientnet-lite0"
+    assert loaded.info.gsd_m == 1.0 and loaded.info.threshold == summary["threshold"]
+    assert loaded.info.validation_metrics["iou"] == pytest.approx(summary["validation"]["iou"])
+    assert out.stat().st_size < 40e6
+    header = read_checkpoint_metadata(out)
+    assert header["normalization"] == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert header["atrous_rates"] == [6, 12, 18] and header["bands"] == ["red", "green", "blue"]
+    data = json.loads(loaded.info.training_data)
+    assert data["dataset"] == str(tiny_data) and len(data["sha256"]) == 64
+    assert [i["image"] for i in data["train_items"]] == ["a.tif", "b.tif"]
+    assert [i["image"] for i in data["val_items"]] == ["v.tif"]
+    assert data["run"]["steps"] == summary["best_step"] and data["run"]["hardware"]
+    assert "1 val scenes" in loaded.info.split and loaded.info.code_version
+    with torch.no_grad():
+        logits = loaded.model(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 2, 64, 64)
+    assert state_path(out).is_file()
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_resume_continues_the_same_run(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common: dict[str, Any] = {
+        "data": tiny_data,
+        "steps": 4,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "seed": 5,
+        **TINY,
+    }
+    straight = tmp_path / "straight.safetensors"
+    first = train(out=straight, **common)
+
+    resumed = tmp_path / "resumed.safetensors"
+    save_state = train_module._save_state
+
+    def interrupt(run: Any) -> Path:
+        save_state(run)
+        raise KeyboardInterrupt  # the run dies right after the state of step 2 is written
+
+    monkeypatch.setattr(train_module, "_save_state", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(out=resumed, **common)
+    monkeypatch.setattr(train_module, "_save_state", save_state)
+    assert torch.load(state_path(resumed), weights_only=True)["step"] == 2
+    summary = train(out=resumed, resume=True, **common)
+    assert summary["steps"] == 4 and summary["steps_this_call"] == 2
+    assert [(h["step"], h["loss"]) for h in summary["history"]] == [
+        (h["step"], h["loss"]) for h in first["history"]
+    ]
+
+    a = torch.load(state_path(straight), weights_only=True)["model"]
+    b = torch.load(state_path(resumed), weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    register(app)
+    return app
+
+
+def test_cli_train_errors_print_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        _app(), ["train", "--data", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code == 2
+    assert "nope.yaml: dataset file not found" in result.output
+
+
+def test_cli_train_help_lists_options() -> None:
+    result = CliRunner().invoke(_app(), ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ("--data", "--out", "--resume", "--steps", "--device", "--batch-size", "--crop", "--seed"):
+        assert option in result.output
