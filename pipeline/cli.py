@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.config import load_config
-from pipeline.errors import FootprintsError
+from pipeline.console import friendly_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Building footprints from aerial imagery.")
 err = Console(stderr=True)
@@ -25,16 +25,6 @@ out = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/).")]
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")]
 SchedOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT.")]
-
-
-@contextmanager
-def _friendly_errors() -> Iterator[None]:
-    """Print footprints errors as one line and exit with code 2."""
-    try:
-        yield
-    except FootprintsError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def _show_warnings() -> None:
@@ -70,7 +60,7 @@ def segment(
     from pipeline.scene import segment_scene
 
     _show_warnings()
-    with _friendly_errors():
+    with friendly_errors(err):
         cfg = load_config(config, **{"dask.scheduler": scheduler})
         with _progress_bar("tiles") as progress:
             result = segment_scene(
@@ -99,7 +89,7 @@ def bench(
     from pipeline.bench import run_bench
 
     _show_warnings()
-    with _friendly_errors():
+    with friendly_errors(err):
         cfg = load_config(config)
         report = run_bench(
             input_path=input,
@@ -123,14 +113,11 @@ def bench(
 
 
 def _register_subcommands() -> None:
-    from pipeline import cli_eval
+    from pipeline import cli_eval, cli_model, cli_vectorize
 
     cli_eval.register(app)
-    try:
-        from pipeline import cli_model
-    except ImportError:  # pragma: no cover - only while the training module is absent
-        return
     cli_model.register(app)
+    cli_vectorize.register(app)
 
 
 _register_subcommands()

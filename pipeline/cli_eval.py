@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from pipeline.errors import ConfigError, FootprintsError, OutputError
+from pipeline.console import friendly_errors
+from pipeline.errors import ConfigError, OutputError
 
 PredOpt = Annotated[
     list[Path],
@@ -44,16 +42,6 @@ JsonOpt = Annotated[
     str | None,
     typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE ('-': stdout)."),
 ]
-
-
-@contextmanager
-def _friendly_errors(err: Console) -> Iterator[None]:
-    """Print footprints errors as one line on stderr and exit with code 2."""
-    try:
-        yield
-    except FootprintsError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
 
 
 def write_json_file(path: Path, payload: dict[str, Any]) -> None:
@@ -89,7 +77,7 @@ def results_table(report: dict[str, Any]) -> Table:
     """Per-scene and overall metrics: pixel P/R/IoU, object P/R/F1 and object counts."""
     iou, area = report["params"]["iou_threshold"], report["params"]["min_area_m2"]
     table = Table(title=f"footprints evaluate (object IoU >= {iou}, min area {area} m²)")
-    table.add_column("scene")
+    table.add_column("scene", no_wrap=True, min_width=24)
     for header in ("px P", "px R", "px IoU", "obj P", "obj R", "obj F1", "TP", "FP", "FN"):
         table.add_column(header, justify="right")
     for scene in report["scenes"]:
@@ -110,7 +98,7 @@ def evaluate_command(
     from pipeline.evaluate import evaluate
 
     err = Console(stderr=True)
-    with _friendly_errors(err):
+    with friendly_errors(err):
         if len(pred) != len(truth):
             raise ConfigError(
                 f"evaluate: {len(pred)} --pred but {len(truth)} --truth given; "
@@ -128,6 +116,28 @@ def evaluate_command(
     Console().print(results_table(report))
 
 
+def validate_command(
+    data: Annotated[Path, typer.Option("--data", help="DATASET.yaml; its split: val scenes are used.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for each scene's outputs and the report.")],
+    model: Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Pipeline YAML config.")] = None,
+    min_area: MinAreaOpt = 8.0,
+) -> None:
+    """Segment every validation scene of DATA with the full pipeline and evaluate it."""
+    from pipeline.config import load_config
+    from pipeline.validate import validate
+
+    err = Console(stderr=True)
+    with friendly_errors(err):
+        report = validate(
+            data=data, out_dir=out, config=load_config(config),
+            model_path=str(model) if model else None, min_area_m2=min_area,
+        )  # fmt: skip
+        write_json_file(out / "validation.json", report)
+    Console().print(results_table(report))
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``evaluate`` command to ``app``."""
+    """Add the ``evaluate`` and ``validate`` commands to ``app``."""
     app.command("evaluate")(evaluate_command)
+    app.command("validate")(validate_command)

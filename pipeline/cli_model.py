@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from pipeline.console import friendly_errors
 from pipeline.errors import FootprintsError
 
 __all__ = ["register"]
@@ -71,8 +72,8 @@ def register(app: typer.Typer) -> None:
                 checkpoint_every=checkpoint_every,
             )
         except FootprintsError as exc:
-            _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            with friendly_errors(_err):
+                raise exc from None
         if as_json:
             typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
             return

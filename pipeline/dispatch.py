@@ -156,7 +156,9 @@ def run_batches(
     def fill() -> None:
         nonlocal next_i
         while next_i < len(todo) and next_i < oldest + max_in_flight:
-            fut = client.submit(predict_batch, info, todo[next_i], source, resources=resources, pure=False)
+            fut = client.submit(
+                predict_batch, info, todo[next_i], source, scale, resources=resources, pure=False
+            )
             pending[fut.key] = next_i
             ac.add(fut)  # type: ignore[no-untyped-call]
             next_i += 1

@@ -56,7 +56,7 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.errors import ConfigError, FootprintsError, InputNotFoundError, MissingCRSError
 from pipeline.geo import MetricFrame
 from pipeline.geo import reproject as reproject_geoms
-from pipeline.vectorize import label_components, polygonize
+from pipeline.polygonize import reference_polygons
 
 MASK_NODATA = 255
 IOU_THRESHOLD = 0.5
@@ -381,8 +381,7 @@ def _raster_labels(path: Path, *, grid: Grid, value: int | None) -> Labels:
             )
         src = grid
     building, valid = _label_pixels(data, value=value, nodata=nodata)
-    labels, n = label_components(building.astype(np.uint8))
-    polys = polygonize(labels, src.transform)[0] if n else np.empty(0, dtype=object)
+    polys = reference_polygons(building.astype(np.uint8), transform=src.transform).geometry
     if _same_grid(src, grid):
         return Labels(mask=building, valid=valid, polygons=polys)
     if src.crs != grid.crs:

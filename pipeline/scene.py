@@ -240,13 +240,16 @@ def buildings_frame(buildings: Buildings, *, scene: str, model_id: str) -> gpd.G
 def vectorize_stage(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path
 ) -> Buildings:
+    """Block-wise polygons of the split regions (or of the mask when there is no split)."""
+    regions = workdir / "regions.scratch.tif"
     vc = config.vectorize
     return vectorize_scene(
-        mask_path=str(workdir / "mask.tif"),
+        values_path=str(regions if regions.exists() else workdir / "mask.tif"),
         probability_path=str(workdir / "probability.tif"),
         scene=plan.scene,
         min_area_m2=vc.min_area_m2,
         simplify_m=vc.simplify_m,
+        block_size=vc.block_size,
     )
 
 

@@ -1,121 +1,109 @@
-"""Vectorize the building mask into polygons with metric post-processing.
+"""Vectorize: regions raster -> building polygons with metric post-processing.
 
-The core works on numpy label images and shapely 2 arrays: components are labelled
-with scipy, polygonized by GDAL (through ``rasterio.features.shapes``) in the scene
-CRS, then filtered by area and simplified in a metric CRS (see :mod:`pipeline.geo`).
+Polygonization is block-wise and seam-exact (:mod:`pipeline.polygonize`); this module
+turns its :class:`~pipeline.polygonize.Regions` into :class:`Buildings`: areas in m²
+(measured in a metric CRS, also for geographic scenes, see :mod:`pipeline.geo`), the
+``min_area_m2`` filter applied *after* seams are merged (a building cut by a block edge is
+never dropped piecewise), simplification with a tolerance in metres, and stable ids from
+the scene id and each building's first pixel.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 import shapely
-from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
-from rasterio.features import shapes
-from scipy import ndimage
 
+from pipeline.errors import MissingCRSError
 from pipeline.geo import MetricFrame
+from pipeline.polygonize import Regions, polygonize_blocks
 
 
 @dataclass(frozen=True)
 class Buildings:
-    """Building polygons in the scene CRS with their per-feature properties."""
+    """Building polygons in the scene CRS with their per-feature properties.
+
+    ``keep`` indexes the source :class:`Regions` each building came from.
+    """
 
     geometry: NDArray[np.object_]
     id: NDArray[np.str_]
     area_m2: NDArray[np.float64]
     confidence: NDArray[np.float64]
     crs: CRS
+    keep: NDArray[np.int64]
 
     def __len__(self) -> int:
         return int(self.geometry.shape[0])
 
 
-def label_components(mask: NDArray[np.uint8]) -> tuple[NDArray[np.int32], int]:
-    """4-connected components of ``mask == 1``, numbered in raster scan order."""
-    labels, n = ndimage.label(mask == 1)
-    return labels.astype(np.int32, copy=False), int(n)
+def make_ids(scene: str, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.str_]:
+    """Stable ids ``{scene}-{row}-{col}`` from each building's first pixel."""
+    pos = np.char.add(rows.astype(str), np.char.add("-", cols.astype(str)))
+    return np.char.add(f"{scene}-", pos)
 
 
-def first_pixels(labels: NDArray[np.int32], n: int) -> NDArray[np.int64]:
-    """Row-major flat index of each component's first pixel (labels 1..n, in order).
-
-    ``ndimage.label`` numbers components by first appearance in scan order, so the
-    running maximum of the labels seen steps up exactly at each first pixel.
-    """
-    flat = labels.ravel()
-    nz = np.flatnonzero(flat)
-    running = np.maximum.accumulate(flat[nz])
-    steps = np.flatnonzero(np.diff(running, prepend=0) > 0)
-    out = nz[steps]
-    assert out.shape[0] == n
-    return out
+def simplify_metric(
+    geoms: NDArray[np.object_], *, frame: MetricFrame, tolerance_m: float
+) -> NDArray[np.object_]:
+    """Topology-preserving Douglas-Peucker simplification with a tolerance in metres."""
+    if tolerance_m <= 0 or geoms.size == 0:
+        return geoms
+    metric = shapely.simplify(frame.to_metric(geoms), tolerance_m, preserve_topology=True)
+    return frame.to_scene(np.asarray(shapely.make_valid(metric), dtype=object))
 
 
-def polygonize(labels: NDArray[np.int32], transform: Affine) -> tuple[NDArray[np.object_], NDArray[np.int64]]:
-    """One polygon (with holes) per label, in the CRS of ``transform``."""
-    geoms, values = [], []
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
-        geoms.append(geom)
-        values.append(int(value))
-    polys = shapely.from_geojson([_geojson(g) for g in geoms]) if geoms else np.empty(0, object)
-    return np.asarray(polys, dtype=object), np.asarray(values, dtype=np.int64)
-
-
-def _geojson(geom: dict[str, object]) -> str:
-    return json.dumps(geom)
-
-
-def postprocess(
-    geoms: NDArray[np.object_], *, frame: MetricFrame, min_area_m2: float, simplify_m: float
-) -> tuple[NDArray[np.object_], NDArray[np.float64], NDArray[np.bool_]]:
-    """Simplify in metres, then drop polygons under ``min_area_m2``.
-
-    Returns the kept geometries in the scene CRS, their areas in m², and the keep mask
-    over the input.
-    """
-    metric = frame.to_metric(geoms)
-    if simplify_m > 0:
-        metric = shapely.make_valid(shapely.simplify(metric, simplify_m, preserve_topology=True))
-    areas = shapely.area(metric)
-    keep = areas >= min_area_m2
-    kept = frame.to_scene(metric[keep]) if simplify_m > 0 else geoms[keep]
-    return kept, areas[keep].astype(np.float64), keep
+def buildings_from_regions(
+    regions: Regions,
+    *,
+    scene: str,
+    bounds: tuple[float, float, float, float],
+    min_area_m2: float,
+    simplify_m: float,
+    stats_scale: float = 255.0,
+) -> Buildings:
+    """Filter by area (m², after merging), simplify (m), and attach ids and confidence."""
+    if regions.crs is None:
+        raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
+    frame = MetricFrame.for_scene(regions.crs, bounds)
+    area = shapely.area(frame.to_metric(regions.geometry)) if len(regions) else np.empty(0)
+    keep = np.flatnonzero(area >= min_area_m2)
+    geoms = simplify_metric(regions.geometry[keep], frame=frame, tolerance_m=simplify_m)
+    mean = regions.mean[keep] / stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
+    return Buildings(
+        geometry=geoms,
+        id=make_ids(scene, regions.first_row[keep], regions.first_col[keep]),
+        area_m2=area[keep].astype(np.float64),
+        confidence=mean.astype(np.float64),
+        crs=regions.crs,
+        keep=keep.astype(np.int64),
+    )
 
 
 def vectorize_scene(
     *,
-    mask_path: str,
-    probability_path: str,
+    values_path: str,
+    probability_path: str | None,
     scene: str,
     min_area_m2: float,
     simplify_m: float,
+    block_size: int = 1024,
 ) -> Buildings:
-    """Polygonize ``mask.tif`` and attach area and mean probability per building."""
-    with rasterio.open(mask_path) as ds:
-        mask = ds.read(1)
-        crs, transform, bounds = ds.crs, ds.transform, tuple(ds.bounds)
-    with rasterio.open(probability_path) as ds:
-        prob = ds.read(1)
-    width = mask.shape[1]
-    labels, n = label_components(mask)
-    if n == 0:
-        empty = np.empty(0, dtype=object)
-        return Buildings(empty, np.empty(0, np.str_), np.empty(0), np.empty(0), crs)
-    index = np.arange(1, n + 1)
-    confidence = np.asarray(ndimage.mean(prob.astype(np.float64), labels, index)) / 255.0
-    firsts = first_pixels(labels, n)
-    del prob, mask
-    geoms, values = polygonize(labels, transform)
-    del labels
-    frame = MetricFrame.for_scene(crs, bounds)
-    kept, areas, keep = postprocess(geoms, frame=frame, min_area_m2=min_area_m2, simplify_m=simplify_m)
-    vals = values[keep] - 1
-    rows, cols = np.divmod(firsts[vals], width)
-    ids = np.char.add(f"{scene}-", np.char.add(rows.astype(str), np.char.add("-", cols.astype(str))))
-    return Buildings(kept, ids, areas, confidence[vals], crs)
+    """Polygonize a mask or region raster block by block into :class:`Buildings`.
+
+    ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building.
+    """
+    with rasterio.open(values_path) as ds:
+        b = ds.bounds
+    regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
+    return buildings_from_regions(
+        regions,
+        scene=scene,
+        bounds=(float(b.left), float(b.bottom), float(b.right), float(b.top)),
+        min_area_m2=min_area_m2,
+        simplify_m=simplify_m,
+    )

@@ -335,7 +335,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
 @requires_real
 def test_real_inria_labels_against_themselves(tmp_path: Path) -> None:
     """The Austin label mask as a prediction scores 1 everywhere (EPSG:26914, float-noisy transform)."""
-    from pipeline.vectorize import label_components, polygonize
+    from pipeline.polygonize import reference_polygons
 
     with rasterio.open(DEMO_LABELS) as ds:
         labels, crs, transform = ds.read(1), ds.crs, ds.transform
@@ -344,8 +344,7 @@ def test_real_inria_labels_against_themselves(tmp_path: Path) -> None:
     write_tif(
         out / "mask.tif", (labels > 0).astype(np.uint8), crs=crs.to_string(), transform=transform, nodata=255
     )
-    comps, _ = label_components((labels > 0).astype(np.uint8))
-    polys, _ = polygonize(comps, transform)
+    polys = reference_polygons((labels > 0).astype(np.uint8), transform=transform).geometry
     gpd.GeoDataFrame(geometry=polys, crs=crs).to_file(
         out / "buildings.gpkg", layer="buildings", engine="pyogrio"
     )

@@ -1,0 +1,174 @@
+"""``footprints vectorize``: polygons of a building mask or instance raster, block by block.
+
+The lead CLI calls :func:`register` on its typer app. The raster is polygonized in bands
+of ``--block-size`` rows by :func:`pipeline.polygonize.polygonize_blocks` (pixel-exact,
+bounded memory); polygons under ``vectorize.min_area_m2`` are dropped *after* the seams
+are merged, then simplified by ``vectorize.simplify_m`` metres (0 keeps them pixel-exact).
+The output format follows the extension: ``.geojson`` (RFC 7946: EPSG:4326 lon/lat,
+counter-clockwise exteriors, 7 decimals), ``.gpkg`` or ``.parquet`` (raster CRS). Files
+are written under a temporary name in the destination folder, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from pipeline.console import friendly_errors
+from pipeline.errors import ConfigError, MissingCRSError, OutputError
+
+if TYPE_CHECKING:
+    from pipeline.polygonize import Regions
+
+DRIVERS = {".geojson": "GeoJSON", ".gpkg": "GPKG", ".parquet": "Parquet"}
+GEOJSON_OPTIONS = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
+
+MaskArg = Annotated[Path, typer.Argument(metavar="MASK.tif", help="Raster of regions (0/1 mask or labels).")]
+OutOpt = Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .geojson, .gpkg or .parquet.")]
+BlockOpt = Annotated[
+    int, typer.Option("--block-size", min=1, help="Rows per band read (memory ~ width x N).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config with a vectorize: section.")]
+StatsOpt = Annotated[
+    Path | None, typer.Option("--stats", metavar="PROB.tif", help="Raster to average per polygon.")
+]
+MinAreaOpt = Annotated[float | None, typer.Option("--min-area", metavar="M2", help="Override min_area_m2.")]
+SimplifyOpt = Annotated[float | None, typer.Option("--simplify", metavar="M", help="Override simplify_m.")]
+SceneOpt = Annotated[str | None, typer.Option("--scene", help="Id prefix (default: the raster's stem).")]
+
+
+def output_driver(path: Path) -> str:
+    """The OGR driver for ``path``'s extension, or a :class:`ConfigError`."""
+    driver = DRIVERS.get(path.suffix.lower())
+    if driver is None:
+        raise ConfigError(
+            f"{path}: unsupported output extension {path.suffix!r}; use .geojson, .gpkg or .parquet"
+        )
+    return driver
+
+
+def _check_crs(path: Path) -> tuple[float, float, float, float]:
+    """Bounds of a valid values raster ``path``, which must have a CRS."""
+    from pipeline.polygonize import open_values
+
+    with open_values(str(path)) as ds:
+        if ds.crs is None:
+            raise MissingCRSError(
+                f"{path}: raster has no CRS, so areas in m² are unknown; assign one with "
+                "`gdal_edit.py -a_srs EPSG:XXXX FILE`"
+            )
+        left, bottom, right, top = ds.bounds
+        return (float(left), float(bottom), float(right), float(top))
+
+
+def _stats_scale(path: Path | None) -> float:
+    """255 for a uint8 probability raster (mean_probability in 0-1), else 1."""
+    import rasterio
+
+    if path is None:
+        return 1.0
+    with rasterio.open(path) as ds:
+        return 255.0 if ds.dtypes[0] == "uint8" else 1.0
+
+
+def regions_frame(
+    regions: Regions,
+    *,
+    scene: str,
+    bounds: tuple[float, float, float, float],
+    min_area_m2: float,
+    simplify_m: float,
+    stats_scale: float = 1.0,
+) -> Any:
+    """A GeoDataFrame (raster CRS) of the regions kept by ``min_area_m2``, simplified in metres."""
+    import geopandas as gpd
+
+    from pipeline.vectorize import buildings_from_regions
+
+    b = buildings_from_regions(
+        regions, scene=scene, bounds=bounds, min_area_m2=min_area_m2,
+        simplify_m=simplify_m, stats_scale=stats_scale,
+    )  # fmt: skip
+    data: dict[str, Any] = {
+        "id": b.id.astype(object),
+        "value": regions.value[b.keep],
+        "area_m2": np.round(b.area_m2, 3),
+        "pixels": regions.pixel_count[b.keep],
+        "pieces": regions.pieces[b.keep],
+    }
+    if regions.mean is not None:
+        data["mean_probability"] = np.round(b.confidence, 4)
+    return gpd.GeoDataFrame(data, geometry=list(b.geometry), crs=b.crs.to_wkt())
+
+
+def write_frame(frame: Any, path: Path, *, driver: str) -> None:
+    """Write ``frame`` under a temporary name next to ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        if driver == "Parquet":
+            frame.to_parquet(tmp, index=False)
+        elif driver == "GeoJSON":
+            frame.to_file(tmp, driver=driver, layer=path.stem, engine="pyogrio", **GEOJSON_OPTIONS)
+        else:
+            frame.to_file(tmp, driver=driver, layer="regions", engine="pyogrio")
+        os.replace(tmp, path)
+    except ImportError as exc:
+        raise OutputError(f"{path}: writing {driver} needs {exc.name}; `pip install pyarrow`") from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(f"{path}: cannot write ({message}); choose a writable --out path") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def vectorize_command(
+    mask: MaskArg,
+    out: OutOpt,
+    block_size: BlockOpt = 1024,
+    config: ConfigOpt = None,
+    stats: StatsOpt = None,
+    min_area: MinAreaOpt = None,
+    simplify: SimplifyOpt = None,
+    scene: SceneOpt = None,
+) -> None:
+    """Polygonize MASK.tif band by band (pixel-exact, bounded memory) and write polygons to --out."""
+    from pipeline.config import load_config
+    from pipeline.polygonize import polygonize_blocks
+
+    err = Console(stderr=True)
+    start = time.perf_counter()
+    with friendly_errors(err):
+        driver = output_driver(out)
+        cfg = load_config(config, **{"vectorize.min_area_m2": min_area, "vectorize.simplify_m": simplify})
+        stats_path = None if stats is None else str(stats)
+        bounds = _check_crs(mask)
+        regions = polygonize_blocks(str(mask), block_size=block_size, stats_path=stats_path)
+        frame = regions_frame(
+            regions,
+            scene=scene or mask.stem,
+            bounds=bounds,
+            min_area_m2=cfg.vectorize.min_area_m2,
+            simplify_m=cfg.vectorize.simplify_m,
+            stats_scale=_stats_scale(stats),
+        )
+        write_frame(frame, out, driver=driver)
+    merged = int((regions.pieces > 1).sum())
+    err.print(
+        f"{len(frame)} polygons ({len(regions)} regions, {merged} joined across bands) -> {out} "
+        f"({time.perf_counter() - start:.1f} s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``vectorize`` command to ``app``."""
+    app.command("vectorize")(vectorize_command)

@@ -1,0 +1,43 @@
+"""``footprints validate``: every val scene through the whole pipeline, then scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from tests.conftest import coordinate_image, write_tif
+
+pytestmark = pytest.mark.slow
+
+
+def test_validate_scores_each_val_scene(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    image = coordinate_image(300, 260).transpose(1, 2, 0)
+    label = np.zeros((300, 260), np.uint8)
+    label[40:120, 50:150] = 255
+    Image.fromarray(image).save(data / "a.png")
+    Image.fromarray(label).save(data / "a_gt.png")
+    write_tif(data / "b.tif", coordinate_image(200, 240))
+    write_tif(data / "b_gt.tif", (label[:200, :240] > 0).astype(np.uint8))
+    (tmp_path / "ds.yaml").write_text(
+        "root: data\ngsd_m: 0.5\nsources:\n"
+        "  png: {gsd_m: 0.5, items: [{image: a.png, label: a_gt.png, split: val}]}\n"
+        "  tif: {items: [{image: b.tif, label: b_gt.tif, split: val}]}\n"
+    )
+    out = tmp_path / "val"
+    result = CliRunner().invoke(app, ["validate", "--data", str(tmp_path / "ds.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "validation.json").read_text())
+    assert [s["source"] for s in report["scenes"]] == ["png", "tif"]
+    for scene in report["scenes"]:
+        assert (out / scene["scene"] / "out" / "buildings.geojson").exists()
+        assert 0 <= scene["pixel"]["iou"] <= 1 and scene["pixel"]["tp"] + scene["pixel"]["fn"] > 0
+    overall = report["overall"]["pixel"]
+    assert overall["tp"] == sum(s["pixel"]["tp"] for s in report["scenes"])
