@@ -24,6 +24,7 @@ from pipeline.console import friendly_errors
 from pipeline.errors import ConfigError, MissingCRSError, OutputError
 
 if TYPE_CHECKING:
+    from pipeline.config import VectorizeConfig
     from pipeline.polygonize import Regions
 
 DRIVERS = {".geojson": "GeoJSON", ".gpkg": "GPKG", ".parquet": "Parquet"}
@@ -40,6 +41,9 @@ StatsOpt = Annotated[
 ]
 MinAreaOpt = Annotated[float | None, typer.Option("--min-area", metavar="M2", help="Override min_area_m2.")]
 SimplifyOpt = Annotated[float | None, typer.Option("--simplify", metavar="M", help="Override simplify_m.")]
+ExactOpt = Annotated[
+    bool, typer.Option("--exact", help="Pixel-exact outlines: no simplification, squaring or hole filling.")
+]
 SceneOpt = Annotated[str | None, typer.Option("--scene", help="Id prefix (default: the raster's stem).")]
 
 
@@ -82,18 +86,19 @@ def regions_frame(
     *,
     scene: str,
     bounds: tuple[float, float, float, float],
-    min_area_m2: float,
-    simplify_m: float,
+    vectorize: VectorizeConfig,
     stats_scale: float = 1.0,
 ) -> Any:
-    """A GeoDataFrame (raster CRS) of the regions kept by ``min_area_m2``, simplified in metres."""
+    """A GeoDataFrame (raster CRS) of the regions kept by ``min_area_m2``, post-processed in metres."""
     import geopandas as gpd
 
     from pipeline.vectorize import buildings_from_regions
 
+    vc = vectorize
     b = buildings_from_regions(
-        regions, scene=scene, bounds=bounds, min_area_m2=min_area_m2,
-        simplify_m=simplify_m, stats_scale=stats_scale,
+        regions, scene=scene, bounds=bounds, min_area_m2=vc.min_area_m2, simplify_m=vc.simplify_m,
+        fill_holes_m2=vc.fill_holes_m2, regularize=vc.regularize,
+        angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m, stats_scale=stats_scale,
     )  # fmt: skip
     data: dict[str, Any] = {
         "id": b.id.astype(object),
@@ -138,8 +143,12 @@ def vectorize_command(
     min_area: MinAreaOpt = None,
     simplify: SimplifyOpt = None,
     scene: SceneOpt = None,
+    exact: ExactOpt = False,
 ) -> None:
-    """Polygonize MASK.tif band by band (pixel-exact, bounded memory) and write polygons to --out."""
+    """Polygonize MASK.tif band by band (seam-exact, bounded memory) and write polygons to --out.
+
+    Post-processing follows the config's vectorize: section; --exact keeps the pixel outlines.
+    """
     from pipeline.config import load_config
     from pipeline.polygonize import polygonize_blocks
 
@@ -147,7 +156,12 @@ def vectorize_command(
     start = time.perf_counter()
     with friendly_errors(err):
         driver = output_driver(out)
-        cfg = load_config(config, **{"vectorize.min_area_m2": min_area, "vectorize.simplify_m": simplify})
+        overrides: dict[str, Any] = {"vectorize.min_area_m2": min_area, "vectorize.simplify_m": simplify}
+        if exact:
+            overrides.update(
+                {"vectorize.simplify_m": 0.0, "vectorize.regularize": False, "vectorize.fill_holes_m2": 0.0}
+            )
+        cfg = load_config(config, **overrides)
         stats_path = None if stats is None else str(stats)
         bounds = _check_crs(mask)
         regions = polygonize_blocks(str(mask), block_size=block_size, stats_path=stats_path)
@@ -155,8 +169,7 @@ def vectorize_command(
             regions,
             scene=scene or mask.stem,
             bounds=bounds,
-            min_area_m2=cfg.vectorize.min_area_m2,
-            simplify_m=cfg.vectorize.simplify_m,
+            vectorize=cfg.vectorize,
             stats_scale=_stats_scale(stats),
         )
         write_frame(frame, out, driver=driver)

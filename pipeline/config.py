@@ -76,6 +76,12 @@ class VectorizeConfig(_Section):
     min_area_m2: float = Field(8.0, ge=0.0, description="Drop polygons smaller than this (m²).")
     simplify_m: float = Field(0.3, ge=0.0, description="Simplification tolerance in metres.")
     block_size: int = Field(1024, ge=16, description="Rows per block of the block-wise vectorizer.")
+    fill_holes_m2: float = Field(1.0, ge=0.0, description="Fill holes smaller than this (m²); 0 keeps all.")
+    regularize: bool = Field(True, description="Square walls around each building's orientation.")
+    angle_tolerance_deg: float = Field(
+        15.0, ge=0.0, lt=45.0, description="Edges this close to a wall direction snap to it (degrees)."
+    )
+    min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
 
 
 class PipelineConfig(_Section):

@@ -7,28 +7,39 @@ everything in metres (see :class:`pipeline.geo.MetricFrame`):
 2. :func:`regularize` squares each exterior ring around its :func:`dominant_orientation`
    (or plain Douglas-Peucker simplification when regularization is off).
 3. :func:`remove_overlaps` makes the output pairwise non-overlapping: where two results
-   overlap, the building with the larger original area keeps the overlap.
+   overlap, the building with the larger original area keeps the overlap (the other one
+   snaps onto it first, so shared walls stay straight).
+
+The Douglas-Peucker tolerance of the regularizer is at least 1.5 pixels (pixel size given
+or estimated, :func:`estimate_pixel_m`) and 0.5 m: finer, the pixel steps survive as
+edges.
 
 Regularization of one exterior ring (rotated by -theta about its bounding-box centre, so
 its walls run along the axes):
 
 * Douglas-Peucker (``simplify_m``) gives the main edges; each edge is *supported* by the
   raw pixel edges between its two end vertices (DP keeps a subset of the raw vertices).
+* theta is :func:`dominant_orientation`'s length-weighted circular mean (angles x4), but
+  of the directions fitted to each edge's support (principal axis of its pixel edges),
+  which are within a fraction of a degree where DP chords between staircase corners are
+  1-2 degrees off.
 * An edge within ``angle_tolerance_deg`` of the x axis is H, of the y axis V, else D
   (diagonal walls exist and are kept). Consecutive H (or V) edges merge.
 * Every edge becomes a line: an H line at the length-weighted mean y of its support (the
   centroid of the raw staircase, which lies on the true wall on average), a V line at
   the mean x, a D line through its support centroid along its DP chord. Vertices are the
   intersections of consecutive lines, so H/V corners are exact right angles and a
-  diagonal keeps its direction (nearly parallel D/D neighbours meet at their shared DP
-  vertex instead).
-* The edge that came out shorter than ``min_edge_m`` (or reversed) is dropped, its
-  neighbours merge or meet, and the lines are snapped again, until every edge is long
-  enough.
+  diagonal keeps its direction; where that intersection lies more than
+  ``2 * simplify_m`` from the DP vertex, the DP vertex projected onto the H/V line is
+  used instead (no spikes from shallow diagonals).
+* The shortest edge, if shorter than ``min_edge_m`` (diagonals: ``2 * min_edge_m``) or
+  reversed, goes: a short diagonal between two parallel walls becomes a jog (an edge
+  across them), anything else is dropped so that its neighbours merge or meet. Lines
+  are snapped again until every edge is long enough.
 
-The result (holes kept, simplified) is repaired with ``make_valid`` and its largest
+The result (simplified holes kept) is repaired with ``make_valid`` and its largest
 polygon kept; it falls back to the simplified input when it is empty, changed the area
-by more than ``max_area_change`` or has IoU < 0.5 with the input.
+by more than ``max_area_change`` or has IoU < 0.5 with the simplified input.
 
 Orientation, rotation, edge support (``np.bincount`` over all rings at once), assembly
 and the validity checks work on whole arrays. Only the snapping of one ring's few DP
@@ -58,10 +69,16 @@ Group = tuple[int, float, float, float, float, float, float, float, float, float
 H, V, D = 0, 1, 2
 MIN_IOU = 0.5
 MIN_DIAGONAL_SIN = math.sin(math.radians(10.0))  # D/D lines closer than 10° meet at the DP vertex
+DIAGONAL_EDGE_FACTOR = 2.0  # diagonal edges must be this many times min_edge_m long
+MAX_SHIFT_FACTOR = 2.0  # a corner with a diagonal moves at most this many DP tolerances
 COLLINEAR_M = 1e-6  # vertices this close to the line of their neighbours are dropped
 OVERLAP_M2 = 1e-9  # intersections smaller than this are touching, not overlapping
-REGULARIZE_MIN_SIMPLIFY_M = 0.5  # DP tolerance floor in postprocess (staircases need >= 1 px)
-POLYGON = 3
+SNAP_M = 0.25  # a polygon cut by a neighbour first snaps its vertices onto it within this
+SNAP_KEEP = 0.9  # ... unless snapping loses more than 10 % of what the plain cut keeps
+REGULARIZE_MIN_SIMPLIFY_M = 0.5  # DP tolerance floor of postprocess, in metres ...
+DP_PIXELS = 1.5  # ... and in pixels: a staircase deviates from its wall by up to about a pixel
+MAX_ESTIMATED_PIXEL_M = 1.0
+POLYGON, MULTIPOLYGON = 3, 6
 
 
 # --------------------------------------------------------------------------- helpers
@@ -128,10 +145,20 @@ def _turn(xy: F64, idx: I64, theta: F64, *, back: bool = False) -> F64:
 
 
 def fill_holes(geoms: Geoms, *, max_hole_m2: float) -> Geoms:
-    """Remove interior rings with area < ``max_hole_m2`` (metric CRS); other geometries pass."""
+    """Remove interior rings with area < ``max_hole_m2`` (metric CRS).
+
+    Polygons and multi-polygons are rebuilt only where a hole goes; anything else passes.
+    """
     geoms = _as_geoms(geoms)
-    if geoms.size == 0 or max_hole_m2 <= 0:
+    polygonal = np.isin(shapely.get_type_id(geoms), (POLYGON, MULTIPOLYGON))
+    if max_hole_m2 <= 0 or not polygonal.any():
         return geoms
+    out = geoms.copy()
+    out[polygonal] = _fill_polygonal(geoms[polygonal], max_hole_m2)
+    return out
+
+
+def _fill_polygonal(geoms: Geoms, max_hole_m2: float) -> Geoms:
     parts, owner = shapely.get_parts(geoms, return_index=True)
     rings, ridx = shapely.get_rings(parts, return_index=True)
     is_hole = np.r_[False, ridx[1:] == ridx[:-1]]
@@ -286,61 +313,81 @@ def _merge_runs(groups: list[Group]) -> list[Group]:
     return out
 
 
-def _diagonal_corner(a: Group, b: Group) -> Point:
-    """Intersection of two diagonal lines, or their shared DP vertex when nearly parallel."""
+def _diagonal_corner(a: Group, b: Group, ref: Point) -> Point:
+    """Intersection of two diagonal lines, or ``ref`` when they are nearly parallel."""
     ax, ay, bx, by = a[2] / a[1], a[3] / a[1], b[2] / b[1], b[3] / b[1]
     cross = a[4] * b[5] - a[5] * b[4]
     if abs(cross) < MIN_DIAGONAL_SIN * math.hypot(a[4], a[5]) * math.hypot(b[4], b[5]):
-        return ((a[8] + b[6]) / 2.0, (a[9] + b[7]) / 2.0)
+        return ref
     t = ((bx - ax) * b[5] - (by - ay) * b[4]) / cross
     return (ax + t * a[4], ay + t * a[5])
 
 
-def _corner(a: Group, b: Group) -> Point:
-    """Vertex where group ``a``'s line meets the next group ``b``'s line."""
-    if a[0] == H:
-        y = a[3] / a[1]
-        if b[0] == V:
-            return (b[2] / b[1], y)
-        return (b[2] / b[1] + (y - b[3] / b[1]) * b[4] / b[5], y)
-    if a[0] == V:
-        x = a[2] / a[1]
-        if b[0] == H:
-            return (x, b[3] / b[1])
-        return (x, b[3] / b[1] + (x - b[2] / b[1]) * b[5] / b[4])
-    if b[0] == H:
-        y = b[3] / b[1]
-        return (a[2] / a[1] + (y - a[3] / a[1]) * a[4] / a[5], y)
-    if b[0] == V:
-        x = b[2] / b[1]
-        return (x, a[3] / a[1] + (x - a[2] / a[1]) * a[5] / a[4])
-    return _diagonal_corner(a, b)
+def _corner(a: Group, b: Group, max_shift_m: float) -> Point:
+    """Vertex where group ``a``'s line meets the next group ``b``'s line.
+
+    H/V lines meet at a right angle. Where a diagonal is involved and the intersection
+    lies more than ``max_shift_m`` from the DP vertex between the two (``ref``), the
+    vertex is ``ref`` projected onto the H/V line instead (or ``ref`` itself for D/D).
+    """
+    ref = ((a[8] + b[6]) / 2.0, (a[9] + b[7]) / 2.0)
+    if a[0] == H and b[0] == V:
+        return (b[2] / b[1], a[3] / a[1])
+    if a[0] == V and b[0] == H:
+        return (a[2] / a[1], b[3] / b[1])
+    axis, diag = (a, b) if a[0] != D else (b, a)
+    if axis[0] == H:
+        y = axis[3] / axis[1]
+        x = diag[2] / diag[1] + (y - diag[3] / diag[1]) * diag[4] / diag[5]
+        p, proj = (x, y), (ref[0], y)
+    elif axis[0] == V:
+        x = axis[2] / axis[1]
+        y = diag[3] / diag[1] + (x - diag[2] / diag[1]) * diag[5] / diag[4]
+        p, proj = (x, y), (x, ref[1])
+    else:
+        p, proj = _diagonal_corner(a, b, ref), ref
+    return p if math.hypot(p[0] - ref[0], p[1] - ref[1]) <= max_shift_m else proj
 
 
 def _signed_lengths(groups: list[Group], pts: list[Point]) -> list[float]:
-    """Length of each snapped edge along its original direction (negative when reversed)."""
+    """Length of each snapped edge along its original direction (negative when reversed).
+
+    Diagonal edges count ``DIAGONAL_EDGE_FACTOR`` times shorter: a short diagonal is a cut
+    corner or a staircase remnant more often than a wall.
+    """
     n = len(groups)
     out = []
     for i, g in enumerate(groups):
         (x0, y0), (x1, y1) = pts[i], pts[(i + 1) % n]
         norm = math.hypot(g[4], g[5])
-        out.append(((x1 - x0) * g[4] + (y1 - y0) * g[5]) / norm if norm > 0 else -1.0)
+        length = ((x1 - x0) * g[4] + (y1 - y0) * g[5]) / norm if norm > 0 else -1.0
+        out.append(length / DIAGONAL_EDGE_FACTOR if g[0] == D else length)
     return out
 
 
-def snap_ring(groups: list[Group], *, min_edge_m: float) -> list[Point] | None:
+def snap_ring(groups: list[Group], *, min_edge_m: float, max_shift_m: float) -> list[Point] | None:
     """Vertices of one orthogonalized ring (rotated frame), or None when it collapses."""
     groups = _merge_runs(groups)
     while len(groups) >= 3:
         n = len(groups)
-        pts = [_corner(groups[i - 1], groups[i]) for i in range(n)]
+        pts = [_corner(groups[i - 1], groups[i], max_shift_m) for i in range(n)]
         lengths = _signed_lengths(groups, pts)
         k = min(range(n), key=lengths.__getitem__)
         if lengths[k] >= min_edge_m:
             return pts
-        del groups[k]
+        g, before, after = groups[k], groups[k - 1][0], groups[(k + 1) % n][0]
+        if g[0] == D and before == after != D:  # a short diagonal between parallel walls: a jog
+            groups[k] = _as_axis(g, V if before == H else H)
+        else:
+            del groups[k]
         groups = _merge_runs(groups)
     return None
+
+
+def _as_axis(g: Group, cls: int) -> Group:
+    """The group as an H or V edge, its direction projected on that axis."""
+    dx, dy = (g[4], 0.0) if cls == H else (0.0, g[5])
+    return (cls, g[1], g[2], g[3], dx, dy, g[6], g[7], g[8], g[9])
 
 
 # --------------------------------------------------------------------------- regularize
@@ -373,7 +420,7 @@ def _edge_groups(raw: Geoms, simple: Geoms, origin: F64, tolerance_deg: float) -
 
 
 def _orthogonal_shells(
-    raw: Geoms, simple: Geoms, *, angle_tolerance_deg: float, min_edge_m: float
+    raw: Geoms, simple: Geoms, *, angle_tolerance_deg: float, min_edge_m: float, max_shift_m: float
 ) -> tuple[Geoms, NDArray[np.bool_]]:
     """Squared exterior rings in the metric frame, and which polygons got one."""
     n = raw.shape[0]
@@ -385,7 +432,7 @@ def _orthogonal_shells(
     # Python loop per polygon: each ring's edge list is ragged and its merges are sequential.
     for i in np.flatnonzero(ok).tolist():
         s = int(starts[i])
-        pts = snap_ring(groups[s : s + int(counts[i])], min_edge_m=min_edge_m)
+        pts = snap_ring(groups[s : s + int(counts[i])], min_edge_m=min_edge_m, max_shift_m=max_shift_m)
         if pts is None:
             ok[i] = False
             continue
@@ -422,12 +469,14 @@ def _dp(geoms: Geoms, tolerance_m: float) -> Geoms:
 
 
 def _squared(
-    raw: Geoms, simple: Geoms, *, angle_tolerance_deg: float, min_edge_m: float, max_area_change: float
-) -> tuple[I64, Geoms]:
+    raw: Geoms, simple: Geoms, *, angle_tolerance_deg: float, min_edge_m: float, simplify_m: float,
+    max_area_change: float,
+) -> tuple[I64, Geoms]:  # fmt: skip
     """Indexes of the polygons that square well, and their squared outlines (holes kept)."""
     shells, made = _orthogonal_shells(
-        raw, simple, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m
-    )
+        raw, simple, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m,
+        max_shift_m=MAX_SHIFT_FACTOR * simplify_m,
+    )  # fmt: skip
     done = np.flatnonzero(made)
     if done.size == 0:
         return done, np.empty(0, dtype=object)
@@ -469,7 +518,7 @@ def regularize(
     )
     ok, squared = _squared(
         geoms[cand], simple[cand], angle_tolerance_deg=angle_tolerance_deg,
-        min_edge_m=min_edge_m, max_area_change=max_area_change,
+        min_edge_m=min_edge_m, simplify_m=simplify_m, max_area_change=max_area_change,
     )  # fmt: skip
     out = np.empty(geoms.shape[0], dtype=object)
     out[cand[ok]] = squared
@@ -483,12 +532,13 @@ def regularize(
 # --------------------------------------------------------------------------- overlaps, chain
 
 
-def remove_overlaps(geoms: Geoms, *, priority: F64) -> Geoms:
+def remove_overlaps(geoms: Geoms, *, priority: F64, snap_m: float = SNAP_M) -> Geoms:
     """Make polygons pairwise non-overlapping; higher ``priority`` keeps a shared area.
 
     Candidates come from an STRtree; only polygons that overlap a higher-priority one are
     touched, in priority order, each minus the union of its already-final neighbours
-    (largest polygon part kept, so it may come out empty when fully covered).
+    (after snapping onto them, see :func:`_cut`; largest polygon part kept, so it may
+    come out empty when fully covered).
     """
     geoms = _as_geoms(geoms)
     if geoms.size < 2:
@@ -508,9 +558,38 @@ def remove_overlaps(geoms: Geoms, *, priority: F64) -> Geoms:
     cuts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
     for lo, hi in zip(cuts.tolist(), np.r_[cuts[1:], a.size].tolist(), strict=True):
         i = int(a[lo])
-        taken = shapely.union_all(out[b[lo:hi]])
-        out[i] = polygonal_part(np.array([shapely.difference(out[i], taken)], dtype=object))[0]
+        out[i] = _cut(out[i], shapely.union_all(out[b[lo:hi]]), snap_m)
     return out
+
+
+def _cut(geom: shapely.Geometry, taken: shapely.Geometry, snap_m: float) -> shapely.Geometry:
+    """``geom`` minus ``taken``, its vertices first snapped onto ``taken`` within ``snap_m``.
+
+    Two squared neighbours rarely share a wall to the last centimetre; snapping makes the
+    walls coincide, so the cut leaves no centimetre-wide notches. The plain cut is kept
+    when snapping lost more than ``1 - SNAP_KEEP`` of the area.
+    """
+    plain = shapely.difference(geom, taken)
+    snapped = shapely.make_valid(shapely.snap(geom, taken, snap_m), method="structure", keep_collapsed=False)
+    both = polygonal_part(np.array([shapely.difference(snapped, taken), plain], dtype=object))
+    return both[0] if shapely.area(both[0]) >= SNAP_KEEP * shapely.area(both[1]) else both[1]
+
+
+def estimate_pixel_m(geoms: Geoms) -> float:
+    """Pixel size of pixel polygons (metric CRS): the median over polygons of their shortest edge.
+
+    Every polygon that is not an axis-aligned rectangle has one-pixel steps, so the median
+    is the pixel side. Capped at ``MAX_ESTIMATED_PIXEL_M``; 0 when there are no edges.
+    """
+    geoms = _as_geoms(geoms)
+    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    same = idx[1:] == idx[:-1]
+    if not same.any():
+        return 0.0
+    d = np.diff(xy, axis=0)[same]
+    shortest = np.full(geoms.shape[0], np.inf)
+    np.minimum.at(shortest, idx[1:][same], np.hypot(d[:, 0], d[:, 1]))
+    return float(min(np.median(shortest[np.isfinite(shortest)]), MAX_ESTIMATED_PIXEL_M))
 
 
 def postprocess(
@@ -522,13 +601,18 @@ def postprocess(
     regularize: bool,
     angle_tolerance_deg: float,
     min_edge_m: float,
+    pixel_m: float | None = None,
 ) -> Geoms:
     """Holes, squaring (or simplification) and overlap removal, in metres; scene CRS in and out.
 
     One polygon per input, aligned; valid and pairwise non-overlapping. An output is an
     empty polygon only when nothing of its input survives (a degenerate input, or a
     building fully covered by a larger neighbour): drop those with ``shapely.is_empty``.
-    Regularization uses ``max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M)`` as its DP tolerance.
+
+    Regularization simplifies with ``max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M,
+    DP_PIXELS * pixel_m)``: Douglas-Peucker must be coarser than the pixel staircase or
+    its steps survive as short diagonal edges. ``pixel_m`` (the raster's pixel size in
+    metres) is estimated from the polygons when not given (:func:`estimate_pixel_m`).
     """
     geoms = _as_geoms(geoms_scene)
     if geoms.size == 0:
@@ -537,11 +621,12 @@ def postprocess(
     area = np.asarray(shapely.area(metric), dtype=np.float64)
     filled = fill_holes(metric, max_hole_m2=fill_holes_m2)
     if regularize:
+        px = estimate_pixel_m(metric) if pixel_m is None else pixel_m
         out = _regularize(
             filled,
             angle_tolerance_deg=angle_tolerance_deg,
             min_edge_m=min_edge_m,
-            simplify_m=max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M),
+            simplify_m=max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M, DP_PIXELS * px),
         )
     else:
         out = shapely.simplify(filled, simplify_m, preserve_topology=True) if simplify_m > 0 else filled

@@ -249,6 +249,10 @@ def vectorize_stage(
         scene=plan.scene,
         min_area_m2=vc.min_area_m2,
         simplify_m=vc.simplify_m,
+        fill_holes_m2=vc.fill_holes_m2,
+        regularize=vc.regularize,
+        angle_tolerance_deg=vc.angle_tolerance_deg,
+        min_edge_m=vc.min_edge_m,
         block_size=vc.block_size,
     )
 

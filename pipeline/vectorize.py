@@ -19,8 +19,9 @@ from numpy.typing import NDArray
 from rasterio.crs import CRS
 
 from pipeline.errors import MissingCRSError
-from pipeline.geo import MetricFrame
+from pipeline.geo import MetricFrame, pixel_size_m
 from pipeline.polygonize import Regions, polygonize_blocks
+from pipeline.regularize import postprocess
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,6 @@ def make_ids(scene: str, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> ND
     return np.char.add(f"{scene}-", pos)
 
 
-def simplify_metric(
-    geoms: NDArray[np.object_], *, frame: MetricFrame, tolerance_m: float
-) -> NDArray[np.object_]:
-    """Topology-preserving Douglas-Peucker simplification with a tolerance in metres."""
-    if tolerance_m <= 0 or geoms.size == 0:
-        return geoms
-    metric = shapely.simplify(frame.to_metric(geoms), tolerance_m, preserve_topology=True)
-    return frame.to_scene(np.asarray(shapely.make_valid(metric), dtype=object))
-
-
 def buildings_from_regions(
     regions: Regions,
     *,
@@ -64,20 +55,36 @@ def buildings_from_regions(
     bounds: tuple[float, float, float, float],
     min_area_m2: float,
     simplify_m: float,
+    fill_holes_m2: float = 0.0,
+    regularize: bool = False,
+    angle_tolerance_deg: float = 15.0,
+    min_edge_m: float = 0.5,
+    pixel_m: float | None = None,
     stats_scale: float = 255.0,
 ) -> Buildings:
-    """Filter by area (m², after merging), simplify (m), and attach ids and confidence."""
+    """Filter by area (m², after merging), then fill holes and square or simplify (metres).
+
+    ``area_m2`` is the area of the delivered polygon. Buildings that post-processing
+    empties (degenerate slivers, or ones covered by a larger neighbour) are dropped.
+    """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
     area = shapely.area(frame.to_metric(regions.geometry)) if len(regions) else np.empty(0)
     keep = np.flatnonzero(area >= min_area_m2)
-    geoms = simplify_metric(regions.geometry[keep], frame=frame, tolerance_m=simplify_m)
+    geoms = postprocess(
+        regions.geometry[keep], frame=frame, fill_holes_m2=fill_holes_m2, simplify_m=simplify_m,
+        regularize=regularize, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m,
+        pixel_m=pixel_m,
+    )  # fmt: skip
+    alive = ~shapely.is_empty(geoms) if geoms.size else np.zeros(0, bool)
+    keep, geoms = keep[alive], geoms[alive]
     mean = regions.mean[keep] / stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
+    out_area = shapely.area(frame.to_metric(geoms)) if geoms.size else np.empty(0)
     return Buildings(
         geometry=geoms,
         id=make_ids(scene, regions.first_row[keep], regions.first_col[keep]),
-        area_m2=area[keep].astype(np.float64),
+        area_m2=np.asarray(out_area, dtype=np.float64),
         confidence=mean.astype(np.float64),
         crs=regions.crs,
         keep=keep.astype(np.int64),
@@ -91,6 +98,10 @@ def vectorize_scene(
     scene: str,
     min_area_m2: float,
     simplify_m: float,
+    fill_holes_m2: float = 0.0,
+    regularize: bool = False,
+    angle_tolerance_deg: float = 15.0,
+    min_edge_m: float = 0.5,
     block_size: int = 1024,
 ) -> Buildings:
     """Polygonize a mask or region raster block by block into :class:`Buildings`.
@@ -99,11 +110,11 @@ def vectorize_scene(
     """
     with rasterio.open(values_path) as ds:
         b = ds.bounds
+        bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
+        pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
     regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
     return buildings_from_regions(
-        regions,
-        scene=scene,
-        bounds=(float(b.left), float(b.bottom), float(b.right), float(b.top)),
-        min_area_m2=min_area_m2,
-        simplify_m=simplify_m,
-    )
+        regions, scene=scene, bounds=bounds, min_area_m2=min_area_m2, simplify_m=simplify_m,
+        fill_holes_m2=fill_holes_m2, regularize=regularize, angle_tolerance_deg=angle_tolerance_deg,
+        min_edge_m=min_edge_m, pixel_m=pixel_m,
+    )  # fmt: skip

@@ -16,7 +16,11 @@ Predictions are given as
   come from ``regions.scratch.tif`` when present (split regions), else ``mask.tif``
   (building = 1, 255 = nodata);
 * ``--pair PRED TRUTH``: PRED is a mask/region raster (value > 0) or a vector file of
-  polygons (GeoJSON, GPKG, ...).
+  polygons (GeoJSON, GPKG, ...);
+* ``--rasterize VECTOR GSD``: true *vector* outlines are rasterized at GSD metres (in a
+  ``--window-m`` square around their median centre, in the metric frame) and the pixel
+  polygons are scored against the vectors themselves: how close each variant gets to
+  the real outlines, e.g. with ``open_ai_tanzania/labels/tanzania_sample.geojson``.
 
 Without arguments the ground-truth masks themselves are the predictions (Inria Austin
 and SpaceNet Rio img50-57 from ``../shared/data/real``): this measures what the
@@ -41,13 +45,15 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
+from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS as ProjCRS
+from rasterio.features import rasterize
 
 from pipeline.evaluate import candidate_ious
 from pipeline.geo import MetricFrame, reproject
 from pipeline.polygonize import reference_polygons
-from pipeline.regularize import postprocess
+from pipeline.regularize import polygonal_part, postprocess
 
 Geoms = NDArray[np.object_]
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +160,31 @@ def vertex_count(geoms: Geoms) -> int:
     return int((shapely.get_num_coordinates(geoms) - rings).sum())
 
 
-def variants(regularize_dp: float) -> dict[str, Callable[[Scene], Geoms]]:
+def rasterized_scene(path: Path, gsd: float, *, window_m: float, min_area_m2: float) -> Scene:
+    """True vector outlines rasterized at ``gsd`` (pixel centres) as predictions, vectors as truth."""
+    frame = gpd.read_file(path)
+    if frame.crs is None:
+        sys.exit(f"{path}: vector file has no CRS")
+    b = frame.total_bounds
+    mf = MetricFrame.for_scene(ProjCRS.from_user_input(frame.crs), (b[0], b[1], b[2], b[3]))
+    truth = polygonal_part(mf.to_metric(np.asarray(frame.geometry.values, dtype=object)))
+    truth = truth[~shapely.is_empty(truth)]
+    centre = shapely.centroid(truth)
+    cx, cy = float(np.median(shapely.get_x(centre))), float(np.median(shapely.get_y(centre)))
+    half = window_m / 2.0
+    truth = truth[shapely.within(truth, shapely.box(cx - half, cy - half, cx + half, cy + half))]
+    size = round(window_m / gsd)
+    transform = Affine(gsd, 0.0, cx - half, 0.0, -gsd, cy + half)
+    mask = rasterize(((g, 1) for g in truth), out_shape=(size, size), transform=transform, dtype="uint8")
+    pred = reference_polygons(mask, transform=transform).geometry
+    metric = MetricFrame(scene=mf.metric, metric=mf.metric)
+    name = f"{path.stem} @ {gsd} m"
+    return Scene(
+        name, pred[shapely.area(pred) >= min_area_m2], truth[shapely.area(truth) >= min_area_m2], metric
+    )
+
+
+def variants(regularize_simplify_m: float) -> dict[str, Callable[[Scene], Geoms]]:
     def chain(simplify_m: float, regularize: bool, holes: float) -> Callable[[Scene], Geoms]:
         def run(s: Scene) -> Geoms:
             return postprocess(
@@ -168,7 +198,7 @@ def variants(regularize_dp: float) -> dict[str, Callable[[Scene], Geoms]]:
         "raw (pixels)": lambda s: s.pred,
         "simplified 0.3 m": chain(0.3, False, 0.0),
         "simplified 0.5 m": chain(0.5, False, 0.0),
-        f"regularized (DP {regularize_dp} m)": chain(regularize_dp, True, 1.0),
+        f"regularized (simplify_m {regularize_simplify_m})": chain(regularize_simplify_m, True, 1.0),
     }
 
 
@@ -230,13 +260,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred", action="append", help="a `footprints segment` output folder")
     ap.add_argument("--truth", action="append", help="truth mask raster for the --pred before it")
-    ap.add_argument("--pair", nargs=2, action="append", metavar=("PRED", "TRUTH"), help="raster/vector + mask")
+    ap.add_argument(
+        "--pair", nargs=2, action="append", metavar=("PRED", "TRUTH"), help="raster/vector + mask"
+    )
+    ap.add_argument("--rasterize", nargs=2, action="append", metavar=("VECTOR", "GSD"), help="true outlines")
+    ap.add_argument("--window-m", type=float, default=600.0, help="--rasterize window side (m)")
     ap.add_argument("--min-area-m2", type=float, default=8.0)
-    ap.add_argument("--regularize-dp", type=float, default=0.5, help="DP tolerance of the regularizer (m)")
+    ap.add_argument(
+        "--simplify-m", type=float, default=0.3, help="simplify_m of the regularized chain (config value)"
+    )
     args = ap.parse_args()
-    fns = variants(args.regularize_dp)
+    fns = variants(args.simplify_m)
     groups: dict[str, list[Row]] = {}
-    for name, pred, truth, group in parse_pairs(args):
+    for vector, gsd in args.rasterize or []:
+        scene = rasterized_scene(
+            Path(vector), float(gsd), window_m=args.window_m, min_area_m2=args.min_area_m2
+        )
+        groups.setdefault(scene.name, []).extend(measure(scene, fns))
+    pairs = parse_pairs(args) if (args.pred or args.pair or not args.rasterize) else []
+    for name, pred, truth, group in pairs:
         scene = load_scene(name, pred, truth, min_area_m2=args.min_area_m2)
         groups.setdefault(group, []).extend(measure(scene, fns))
     rows = [r for g, rs in groups.items() for r in pooled(rs, g)]

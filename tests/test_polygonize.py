@@ -267,7 +267,7 @@ def test_cli_geojson_is_rfc7946(tmp_path: Path) -> None:
     path = write_tif(tmp_path / "mask.tif", mask, nodata=NODATA)
     prob = write_tif(tmp_path / "prob.tif", np.full(mask.shape, 204, np.uint8))
     out = tmp_path / "out" / "regions.geojson"
-    result = run_cli(str(path), "--out", str(out), "--block-size", "64", "--stats", str(prob))
+    result = run_cli(str(path), "--out", str(out), "--block-size", "64", "--stats", str(prob), "--exact")
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert not re.search(r"\d\.\d{8,}", text)  # <= 7 decimals
@@ -299,7 +299,7 @@ def test_cli_min_area_applies_after_merging(tmp_path: Path) -> None:
     a[10:12, 12:14] = 1  # 4 px = 1 m²
     path = write_tif(tmp_path / "tall.tif", a)
     config = tmp_path / "cfg.yaml"
-    config.write_text("vectorize:\n  min_area_m2: 8\n  simplify_m: 0\n")
+    config.write_text("vectorize:\n  min_area_m2: 8\n  simplify_m: 0\n  regularize: false\n")
     out = tmp_path / "tall.gpkg"
     result = run_cli(str(path), "--out", str(out), "--block-size", "8", "--config", str(config))
     assert result.exit_code == 0, result.output
@@ -314,7 +314,7 @@ def test_cli_parquet_keeps_raster_crs_and_exact_polygons(tmp_path: Path) -> None
     labels = label_raster()
     path = write_tif(tmp_path / "inst.tif", labels)
     out = tmp_path / "inst.parquet"
-    result = run_cli(str(path), "--out", str(out), "--block-size", "64", "--min-area", "0", "--simplify", "0")
+    result = run_cli(str(path), "--out", str(out), "--block-size", "64", "--min-area", "0", "--exact")
     assert result.exit_code == 0, result.output
     frame = gpd.read_parquet(out)
     ref = reference_polygons(labels, transform=ORIGIN)
