@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/footprints segment $(INPUT) --out $(OUT)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline flows tests
-	$(VENV)/bin/ruff format --check pipeline flows tests
+	$(VENV)/bin/ruff check pipeline flows tests scripts
+	$(VENV)/bin/ruff format --check pipeline flows tests scripts
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy pipeline flows

@@ -59,6 +59,10 @@ def _axis_offsets(length: int, tile: int, stride: int) -> list[int]:
     return offsets
 
 
+#: Block alignment may add at most this share of extra tiles.
+ALIGN_MAX_EXTRA = 0.25
+
+
 @dataclass(frozen=True, slots=True)
 class TileGrid:
     """Overlapping tiles over a raster of ``(height, width)`` pixels.
@@ -146,18 +150,20 @@ class TileGrid:
     ) -> TileGrid:
         """A grid whose tile origins fall on the file's internal block boundaries.
 
-        When the input is tiled with ``block_shape = (block_height, block_width)``
-        and a stride that is a multiple of the block size exists with an overlap of at
-        most half a tile, the overlap is raised to reach it, so every window starts on
-        a block boundary and GDAL decodes each block for as few tiles as possible.
+        When the input is tiled with square blocks of ``block`` pixels, the stride is
+        lowered to a multiple of ``block`` if that costs at most :data:`ALIGN_MAX_EXTRA`
+        more tiles (the overlap grows by the difference), so every window starts on a
+        block boundary and GDAL decodes each block for as few tiles as possible.
         Otherwise the configured overlap is kept.
         """
         if block_shape is None or block_shape[0] != block_shape[1]:
             return cls(height=height, width=width, tile_size=tile_size, overlap=overlap)
         block = block_shape[0]
-        stride = ((tile_size - overlap) // block) * block
-        if block >= 16 and stride >= tile_size - tile_size // 2 and stride > 0:
-            overlap = tile_size - stride
+        stride = tile_size - overlap
+        aligned = (stride // block) * block
+        cheap = aligned > 0 and (stride / aligned) ** 2 <= 1 + ALIGN_MAX_EXTRA
+        if block >= 16 and cheap and tile_size - aligned <= tile_size // 2:
+            overlap = tile_size - aligned
         return cls(height=height, width=width, tile_size=tile_size, overlap=overlap)
 
 

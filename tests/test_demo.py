@@ -64,3 +64,16 @@ def test_stitched_mask_agrees_with_one_pass_prediction(demo_out: Path) -> None:
     iou = (one_pass & stitched).sum() / max(union, 1)
     print(f"stitched vs one-pass IoU: {iou:.4f} ({union} px in the union)")
     assert union > 1000 and iou >= 0.97
+
+
+def test_delivered_polygons_are_valid_single_and_disjoint(demo_out: Path) -> None:
+    import geopandas as gpd
+
+    frame = gpd.read_file(demo_out / "buildings.gpkg")
+    geoms = frame.geometry.to_numpy()
+    assert len(geoms) > 0
+    assert set(shapely.get_type_id(geoms).tolist()) == {3}  # Polygon only
+    assert shapely.is_valid(geoms).all()
+    union = shapely.union_all(geoms)
+    assert shapely.area(geoms).sum() == pytest.approx(union.area, rel=1e-6)
+    assert frame["id"].is_unique

@@ -56,9 +56,12 @@ def test_bad_grid_parameters_are_rejected(tile: int, overlap: int) -> None:
 
 
 def test_grid_aligns_to_blocks() -> None:
-    grid = TileGrid.aligned(height=2000, width=2000, tile_size=256, overlap=32, block_shape=(64, 64))
-    assert grid.stride == 192 and grid.overlap == 64
+    grid = TileGrid.aligned(height=2000, width=2000, tile_size=512, overlap=40, block_shape=(64, 64))
+    assert grid.stride == 448 and grid.overlap == 64
     assert all(o % 64 == 0 for o in grid.row_offsets[:-1])
+    # aligning 853-px tiles to 512-px blocks would double the tiles: keep the overlap
+    costly = TileGrid.aligned(height=4000, width=4000, tile_size=853, overlap=107, block_shape=(512, 512))
+    assert costly.overlap == 107
     unaligned = TileGrid.aligned(height=2000, width=2000, tile_size=512, overlap=64, block_shape=None)
     assert unaligned.overlap == 64
 
