@@ -10,7 +10,13 @@ Stages, one module each, data flowing one way::
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# GDAL sizes its block cache once, at the first raster I/O, from GDAL_CACHEMAX (default: 5 %
+# of RAM, 1.2 GB here). Dirty blocks of the streamed outputs would fill all of it, so bound
+# it before any I/O happens; an explicit GDAL_CACHEMAX in the environment still wins.
+os.environ.setdefault("GDAL_CACHEMAX", "128")
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "build_model", "load_checkpoint"]

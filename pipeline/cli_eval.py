@@ -77,7 +77,7 @@ def results_table(report: dict[str, Any]) -> Table:
     """Per-scene and overall metrics: pixel P/R/IoU, object P/R/F1 and object counts."""
     iou, area = report["params"]["iou_threshold"], report["params"]["min_area_m2"]
     table = Table(title=f"footprints evaluate (object IoU >= {iou}, min area {area} m²)")
-    table.add_column("scene", no_wrap=True, min_width=24)
+    table.add_column("scene", overflow="fold", max_width=28)
     for header in ("px P", "px R", "px IoU", "obj P", "obj R", "obj F1", "TP", "FP", "FN"):
         table.add_column(header, justify="right")
     for scene in report["scenes"]:

@@ -106,7 +106,10 @@ def connect(*, scheduler: str | None, n_workers: int = 1, threads_per_worker: in
             yield client
         return
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    environ = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    environ = {
+        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+        "MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2",
+    }  # fmt: skip
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(  # type: ignore[no-untyped-call]

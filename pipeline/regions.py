@@ -216,7 +216,7 @@ class SeedSink:
         if not self._ds.closed:
             self._ds.close()
 
-    def finish(self, *, mask_path: Path, min_seed_px: int, grow_px: int, band_rows: int = 1024) -> Path:
+    def finish(self, *, mask_path: Path, min_seed_px: int, grow_px: int, band_rows: int = 256) -> Path:
         """Resolve the seeds, grow them inside the mask and write the region raster."""
         self.close()
         lut = self.uf.final_labels(min_seed_px)

@@ -109,8 +109,8 @@ def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | 
     grid = TileGrid.aligned(
         height=info.height,
         width=info.width,
-        tile_size=max(16, round(tc.tile_size / scale)),
-        overlap=round(tc.overlap / scale),
+        tile_size=(tile := max(16, round(tc.tile_size / scale))),
+        overlap=min(round(tc.overlap / scale), tile // 2),
         block_shape=info.block_shape if tc.align_to_blocks else None,
     )
     return ScenePlan(info=info, grid=grid, scene=scene_id(input_path), gsd_m=gsd, scale=scale)

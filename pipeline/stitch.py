@@ -36,6 +36,10 @@ class RowSink(Protocol):
     ) -> None: ...
 
 
+#: Rows handed to the sinks at a time: bounds the transient arrays of a flush.
+FLUSH_ROWS = 128
+
+
 def threshold_u8(threshold: float) -> int:
     """The uint8 probability at or above which a pixel is a building."""
     return round(threshold * 255)
@@ -133,16 +137,21 @@ class Stitcher:
         if n <= 0:
             return
         self._ensure_rows(limit)
-        acc, wsum, valid = self._acc[:, :n], self._wsum[:n], self._valid[:n]
+        for r0 in range(0, n, FLUSH_ROWS):
+            self._emit(r0, min(n, r0 + FLUSH_ROWS))
+        self._acc = self._acc[:, n:].copy()
+        self._wsum, self._valid = self._wsum[n:].copy(), self._valid[n:].copy()
+        self._start = limit
+
+    def _emit(self, r0: int, r1: int) -> None:
+        """Normalize buffered rows ``[r0, r1)`` and hand them to the sink."""
+        acc, wsum, valid = self._acc[:, r0:r1], self._wsum[r0:r1], self._valid[r0:r1]
         prob = np.zeros(acc.shape, np.float32)
         np.divide(acc, wsum, out=prob, where=wsum > 0)
         valid = valid & (wsum > 0)
         prob_u8 = np.clip(np.rint(prob), 0, 255).astype(np.uint8)
         mask = (prob_u8[0] >= threshold_u8(self.threshold)).astype(np.uint8)
-        self.sink.write_rows(row_off=self._start, probability=prob_u8, mask=mask, valid=valid)
-        self._acc = self._acc[:, n:].copy()
-        self._wsum, self._valid = self._wsum[n:].copy(), self._valid[n:].copy()
-        self._start = limit
+        self.sink.write_rows(row_off=self._start + r0, probability=prob_u8, mask=mask, valid=valid)
 
     @property
     def finished(self) -> bool:

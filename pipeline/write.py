@@ -31,7 +31,7 @@ from pipeline.errors import OutputError
 
 MASK_NODATA = 255
 BLOCK = 512
-GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "2"}
+GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "2"}
 
 
 @contextlib.contextmanager
