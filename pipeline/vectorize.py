@@ -21,7 +21,7 @@ from rasterio.crs import CRS
 from pipeline.errors import MissingCRSError
 from pipeline.geo import MetricFrame, pixel_size_m
 from pipeline.polygonize import Regions, polygonize_blocks
-from pipeline.regularize import postprocess
+from pipeline.regularize import polygonal_part, postprocess
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ def buildings_from_regions(
         regularize=regularize, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m,
         pixel_m=pixel_m,
     )  # fmt: skip
+    # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
+    geoms = polygonal_part(shapely.intersection(geoms, shapely.box(*bounds))) if geoms.size else geoms
     alive = ~shapely.is_empty(geoms) if geoms.size else np.zeros(0, bool)
     keep, geoms = keep[alive], geoms[alive]
     mean = regions.mean[keep] / stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
