@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
         ),
         output_stride: Annotated[int, typer.Option("--output-stride", help="16 or 8.")] = 16,
         lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 5e-4,
+        init: Annotated[
+            Path | None, typer.Option("--init", help="Start from this checkpoint's weights (fine-tune).")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
         """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
                 encoder=encoder,
                 output_stride=output_stride,
                 lr=lr,
+                init=init,
                 val_every=val_every,
                 checkpoint_every=checkpoint_every,
             )

@@ -103,6 +103,7 @@ class TrainOptions:
     val_every: int = 250
     checkpoint_every: int = 100
     val_tile: int = 1024
+    init: str | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
@@ -303,12 +304,30 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
+def _warm_start(model: DeepLabV3, spec: ModelSpec, path: Path) -> None:
+    """Start from a footprints checkpoint's weights (same architecture) instead of ImageNet."""
+    from pipeline.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    theirs = (loaded.spec.encoder, loaded.spec.output_stride, loaded.spec.classes)
+    ours = (spec.encoder, spec.output_stride, spec.classes)
+    if theirs != ours:
+        raise ConfigError(
+            f"{path}: --init checkpoint is {theirs[0]} at OS {theirs[1]} with classes {list(theirs[2])}, "
+            f"not {ours[0]} at OS {ours[1]} with {list(ours[2])}; pass matching --encoder/--output-stride"
+        )
+    model.load_state_dict(loaded.model.state_dict(), strict=True)
+
+
 def _new_run(opts: TrainOptions, device: torch.device) -> _Run:
     _seed_everything(opts.seed)
     spec = ModelSpec(
         encoder=opts.encoder, encoder_weights=opts.encoder_weights, output_stride=opts.output_stride
     )
-    model = build_model(spec).to(device)
+    model = build_model(spec)
+    if opts.init is not None:
+        _warm_start(model, spec, Path(opts.init))
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     warmup = round(opts.warmup_fraction * opts.steps)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, total=opts.steps, warmup=warmup))
@@ -621,6 +640,7 @@ def train(
     val_every: int = 250,
     checkpoint_every: int = 100,
     val_tile: int = 1024,
+    init: Path | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -628,7 +648,9 @@ def train(
 
     Returns a summary: paths, steps, best step, threshold, validation metrics and history,
     seconds per training step, wall time and peak RSS. ``resume=True`` continues from
-    ``<out stem>.state.pt`` (model, optimiser, scheduler, step and RNG states).
+    ``<out stem>.state.pt`` (model, optimiser, scheduler, step and RNG states). ``init``
+    starts a new run from a footprints checkpoint's weights (fine-tuning, e.g. to continue
+    training the shipped model in a later session) instead of the ImageNet encoder.
     """
     opts = TrainOptions(
         data=str(data),
@@ -648,6 +670,7 @@ def train(
         val_every=val_every,
         checkpoint_every=checkpoint_every,
         val_tile=val_tile,
+        init=None if init is None else str(init),
     )
     opts.check()
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))

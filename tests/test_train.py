@@ -156,6 +156,23 @@ def test_tiny_training_run_writes_a_loadable_checkpoint(tiny_data: Path, tmp_pat
     assert state_path(out).is_file()
 
 
+def test_init_starts_from_a_checkpoints_weights(tiny_data: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first.safetensors"
+    train(data=tiny_data, out=first, steps=2, val_every=2, checkpoint_every=2, seed=3, **TINY)
+    second = tmp_path / "second.safetensors"
+    tiny = {**TINY, "lr": 1e-12}
+    train(data=tiny_data, out=second, steps=1, val_every=1, checkpoint_every=1, seed=4, init=first, **tiny)
+    a, b = load_checkpoint(first).model.state_dict(), load_checkpoint(second).model.state_dict()
+    convs = [k for k, v in a.items() if k.endswith("weight") and v.ndim == 4]
+    assert convs and all(torch.allclose(a[k], b[k], atol=1e-6) for k in convs)
+    fresh = tmp_path / "fresh.safetensors"
+    train(data=tiny_data, out=fresh, steps=1, val_every=1, checkpoint_every=1, seed=4, **tiny)
+    c = load_checkpoint(fresh).model.state_dict()
+    assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in convs)
+    with pytest.raises(ConfigError, match="--init checkpoint"):
+        train(data=tiny_data, out=tmp_path / "x.safetensors", steps=1, init=first, output_stride=8, **TINY)
+
+
 @pytest.mark.filterwarnings("ignore:tile size 64")
 def test_resume_continues_the_same_run(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
