@@ -1,4 +1,4 @@
-"""Training data: the DATASET.yaml schema, loading, targets and balanced crop sampling.
+"""Training data: the DATASET.yaml schema, loading and targets (sampling: :mod:`pipeline.sampling`).
 
 DATASET.yaml
 ============
@@ -57,13 +57,15 @@ Rules
 Targets are two uint8 channels matching the model's classes ``("building", "boundary")``: building
 is the mask, boundary the building pixels within ``boundary_px`` of a non-building pixel (inner
 border, :func:`boundary_target`), computed after resampling to the training GSD; both are 255 on
-no-data. ``building & ~boundary`` (the interiors) keeps neighbouring buildings apart for a watershed.
+no-data. ``building & ~boundary`` (the interiors) keeps neighbouring buildings apart for the
+seed-and-grow split (:mod:`pipeline.regions`).
 
-Sampling (:class:`CropSampler`): a source by weight, then a scene of it (by item weight, uniform by
-default), then a crop: a native window of ``crop * gsd_train / gsd_scene`` pixels (times a scale
-jitter in U(0.8, 1.25)) resized to ``crop`` (image bilinear with antialiasing, labels nearest),
-centred near a building pixel with probability ``building_crop_fraction``; then a random dihedral
-transform (flips, 90 degree rotations) and a modest colour jitter. Everything random comes from the
+Sampling (:class:`pipeline.sampling.CropSampler`): a source by weight, then a scene of it (by
+item weight, uniform by default), then a crop: a native window of
+``crop * gsd_train / gsd_scene`` pixels (times a scale jitter in U(0.8, 1.25)) resized to
+``crop`` (image bilinear with antialiasing, labels nearest), centred near a building pixel
+with probability ``building_crop_fraction``; then a random dihedral transform (flips,
+90 degree rotations) and a modest colour jitter. Everything random comes from the
 ``numpy.random.Generator`` passed in, so a seed reproduces the batches.
 """
 
@@ -73,7 +75,7 @@ import glob
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -85,7 +87,6 @@ import rasterio.features
 import rasterio.warp
 import yaml
 from numpy.typing import NDArray
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
@@ -97,17 +98,13 @@ from pipeline.geo import pixel_size_m
 
 __all__ = [
     "IGNORE",
-    "Crop",
-    "CropSampler",
     "Dataset",
     "DatasetSpec",
     "ItemSpec",
     "RasterGrid",
     "Scene",
     "SourceSpec",
-    "ValScene",
     "boundary_target",
-    "color_jitter",
     "dataset_files",
     "load_dataset",
     "make_target",
@@ -115,10 +112,6 @@ __all__ = [
     "rasterize_vector",
     "read_image",
     "read_label",
-    "resample_scene",
-    "resize_image",
-    "resize_nearest",
-    "validation_scenes",
 ]
 
 IGNORE = 255
@@ -592,204 +585,3 @@ def make_target(label: NDArray[np.uint8], *, boundary_px: int) -> NDArray[np.uin
     target = np.stack([building, boundary]).astype(np.uint8)
     target[:, ignore] = IGNORE
     return target
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def resize_image(image: NDArray[np.uint8], height: int, width: int) -> NDArray[np.uint8]:
-    """Bilinear resize of (H, W, 3) uint8; antialiased when shrinking (Pillow's scaled filter)."""
-    if image.shape[:2] == (height, width):
-        return image.copy()
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.array(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)  # writable copy
-
-
-def resize_nearest(array: NDArray[Any], height: int, width: int) -> NDArray[Any]:
-    """Nearest-neighbour resize of the first two axes (pixel-centre convention, like Pillow)."""
-    h, w = array.shape[:2]
-    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.intp), w - 1)
-    return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
-
-
-@dataclass(frozen=True)
-class ValScene:
-    """A whole scene at the training GSD: image (H, W, 3), target (2, H, W) with IGNORE on no-data."""
-
-    source: str
-    name: str
-    image: NDArray[np.uint8]
-    target: NDArray[np.uint8]
-
-    @property
-    def valid(self) -> NDArray[np.bool_]:
-        return np.asarray(self.target[0] != IGNORE)
-
-
-def resample_scene(scene: Scene, *, gsd_m: float, boundary_px: int) -> ValScene:
-    """Resample a whole scene to ``gsd_m`` and build its target."""
-    h, w = scene.label.shape
-    factor = scene.gsd_m / gsd_m
-    out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
-    image = resize_image(scene.image, out_h, out_w)
-    label = resize_nearest(scene.label, out_h, out_w)
-    return ValScene(scene.source, scene.name, image, make_target(label, boundary_px=boundary_px))
-
-
-def validation_scenes(dataset: Dataset, *, split: str = "val") -> Iterator[ValScene]:
-    """Yield the scenes of ``split`` resampled to the dataset's training GSD, with targets."""
-    for scene in dataset.split(split):
-        yield resample_scene(scene, gsd_m=dataset.spec.gsd_m, boundary_px=dataset.spec.boundary_px)
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def color_jitter(
-    image: NDArray[np.uint8], rng: np.random.Generator, strength: float = 0.2
-) -> NDArray[np.uint8]:
-    """Brightness, contrast, saturation (x U(1-s, 1+s)) and per-channel gain (x U(1-s/4, 1+s/4))."""
-    s = float(strength)
-    if s <= 0:
-        return image
-    brightness, contrast, saturation = rng.uniform(1 - s, 1 + s, size=3)
-    gains = rng.uniform(1 - s / 4, 1 + s / 4, size=3).astype(np.float32)
-    x = image.astype(np.float32) * np.float32(brightness)
-    mean = x.mean()
-    x = (x - mean) * np.float32(contrast) + mean
-    grey = x.mean(axis=2, keepdims=True)
-    x = grey + (x - grey) * np.float32(saturation)
-    x *= gains
-    return np.asarray(np.clip(np.rint(x), 0, 255), dtype=np.uint8)
-
-
-def _dihedral(
-    image: NDArray[np.uint8], target: NDArray[np.uint8], rng: np.random.Generator
-) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    k = int(rng.integers(4))
-    flip = bool(rng.random() < 0.5)
-    image = np.rot90(image, k, axes=(0, 1))
-    target = np.rot90(target, k, axes=(1, 2))
-    if flip:
-        image, target = image[:, ::-1], target[:, :, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(target)
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-@dataclass(frozen=True)
-class Crop:
-    """A training sample: image (crop, crop, 3) uint8 and target (2, crop, crop) uint8."""
-
-    source: str
-    scene: str
-    image: NDArray[np.uint8]
-    target: NDArray[np.uint8]
-
-
-def _extract(scene: Scene, y0: int, x0: int, size: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """A size x size native window at (y0, x0); outside the scene: black image, IGNORE label."""
-    h, w = scene.label.shape
-    image = np.zeros((size, size, 3), np.uint8)
-    label = np.full((size, size), IGNORE, np.uint8)
-    ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
-    if yb > ya and xb > xa:
-        image[ya - y0 : yb - y0, xa - x0 : xb - x0] = scene.image[ya:yb, xa:xb]
-        label[ya - y0 : yb - y0, xa - x0 : xb - x0] = scene.label[ya:yb, xa:xb]
-    return image, label
-
-
-class CropSampler:
-    """Balanced, augmented random crops at the training GSD from a list of training scenes."""
-
-    def __init__(
-        self,
-        scenes: Sequence[Scene],
-        *,
-        source_weights: dict[str, float],
-        gsd_m: float,
-        crop: int,
-        boundary_px: int = 2,
-        building_fraction: float = 2.0 / 3.0,
-        scale_jitter: tuple[float, float] = (0.8, 1.25),
-        augment: bool = True,
-        color_strength: float = 0.2,
-    ) -> None:
-        self.gsd_m, self.crop, self.boundary_px = gsd_m, crop, boundary_px
-        self.building_fraction, self.scale_jitter = building_fraction, scale_jitter
-        self.augment, self.color_strength = augment, color_strength
-        self.groups: dict[str, list[Scene]] = {}
-        for scene in scenes:
-            if source_weights.get(scene.source, 0.0) > 0:
-                self.groups.setdefault(scene.source, []).append(scene)
-        if not self.groups:
-            raise ConfigError(
-                "no training scenes with a positive source weight; mark items split: train and give "
-                "their sources weight > 0 in the DATASET.yaml"
-            )
-        self.sources = sorted(self.groups)
-        weights = np.array([source_weights[s] for s in self.sources], np.float64)
-        self.source_p = weights / weights.sum()
-        self.scene_p = {
-            s: np.array([sc.weight for sc in g]) / sum(sc.weight for sc in g) for s, g in self.groups.items()
-        }
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset, *, crop: int, **kwargs: Any) -> CropSampler:
-        spec = dataset.spec
-        kwargs.setdefault("boundary_px", spec.boundary_px)
-        kwargs.setdefault("building_fraction", spec.building_crop_fraction)
-        weights = {name: src.weight for name, src in spec.sources.items()}
-        return cls(dataset.split("train"), source_weights=weights, gsd_m=spec.gsd_m, crop=crop, **kwargs)
-
-    def choose_source(self, rng: np.random.Generator) -> str:
-        return self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
-
-    def _origin(self, scene: Scene, size: int, rng: np.random.Generator) -> tuple[int, int]:
-        """Top-left of a size x size native window: near a building pixel, or anywhere; kept on the scene."""
-        h, w = scene.label.shape
-        if scene.building_index.size and rng.random() < self.building_fraction:
-            cy, cx = divmod(int(scene.building_index[rng.integers(scene.building_index.size)]), w)
-            shift = size // 4
-            y0 = cy - size // 2 + int(rng.integers(-shift, shift + 1))
-            x0 = cx - size // 2 + int(rng.integers(-shift, shift + 1))
-        else:
-            y0 = int(rng.integers(min(0, h - size), max(0, h - size) + 1))
-            x0 = int(rng.integers(min(0, w - size), max(0, w - size) + 1))
-        y0 = int(np.clip(y0, min(0, h - size), max(0, h - size)))
-        x0 = int(np.clip(x0, min(0, w - size), max(0, w - size)))
-        return y0, x0
-
-    def crop_scene(self, scene: Scene, rng: np.random.Generator) -> Crop:
-        """One crop of ``scene`` (window, resample, target, augment)."""
-        margin = self.boundary_px  # the boundary needs context beyond the crop's edge
-        out = self.crop + 2 * margin
-        scale = self.gsd_m / scene.gsd_m * float(rng.uniform(*self.scale_jitter))  # native px per output px
-        inner = max(1, round(self.crop * scale))
-        inset = round(margin * scale)
-        y0, x0 = self._origin(scene, inner, rng)
-        y0, x0, size = y0 - inset, x0 - inset, inner + 2 * inset
-        image, label = _extract(scene, y0, x0, size)
-        image = resize_image(image, out, out)[margin : margin + self.crop, margin : margin + self.crop]
-        target = make_target(resize_nearest(label, out, out), boundary_px=self.boundary_px)
-        target = target[:, margin : margin + self.crop, margin : margin + self.crop]
-        if self.augment:
-            image, target = _dihedral(image, target, rng)
-            image = color_jitter(image, rng, self.color_strength)
-        return Crop(scene.source, scene.name, np.ascontiguousarray(image), np.ascontiguousarray(target))
-
-    def draw(self, rng: np.random.Generator) -> Crop:
-        """A source by weight, a scene of it by item weight, then a crop."""
-        source = self.choose_source(rng)
-        group = self.groups[source]
-        scene = group[int(rng.choice(len(group), p=self.scene_p[source]))]
-        return self.crop_scene(scene, rng)
-
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-        """``size`` crops: images (N, 3, crop, crop) and targets (N, 2, crop, crop), both uint8."""
-        crops = [self.draw(rng) for _ in range(size)]
-        images = np.stack([c.image.transpose(2, 0, 1) for c in crops])
-        targets = np.stack([c.target for c in crops])
-        return np.ascontiguousarray(images), targets

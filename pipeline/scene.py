@@ -135,6 +135,25 @@ def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoi
     return ModelChoice(source=src, description=desc)
 
 
+def _sinks(
+    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path
+) -> tuple[CogSink, SeedSink | None]:
+    """The COG sink, plus the seed sink when touching buildings are to be split."""
+    info = plan.info
+    channels = 2 if splits(model, config) else 1
+    geo: dict[str, Any] = {
+        "crs": info.crs, "transform": info.transform, "height": info.height, "width": info.width
+    }  # fmt: skip
+    sink = CogSink(workdir=workdir, channels=channels, **geo)
+    if channels == 1:
+        return sink, None
+    sc = config.split
+    seeds = SeedSink(
+        workdir=workdir, seed_threshold=sc.seed_threshold, boundary_threshold=sc.boundary_threshold, **geo
+    )
+    return sink, seeds
+
+
 def infer_and_stitch(
     *,
     plan: ScenePlan,
@@ -150,22 +169,12 @@ def infer_and_stitch(
     fly and grown into ``regions.scratch.tif`` once the mask is complete.
     """
     info, grid = plan.info, plan.grid
-    channels = 2 if splits(model, config) else 1
-    geo: dict[str, Any] = {
-        "crs": info.crs, "transform": info.transform, "height": info.height, "width": info.width
-    }  # fmt: skip
-    sink = CogSink(workdir=workdir, channels=channels, **geo)
-    seeds = None
-    sinks: tuple[RowSink, ...] = (sink,)
-    if channels == 2:
-        sc = config.split
-        seeds = SeedSink(
-            workdir=workdir, seed_threshold=sc.seed_threshold, boundary_threshold=sc.boundary_threshold, **geo
-        )
-        sinks = (sink, seeds)
+    sink, seeds = _sinks(plan=plan, model=model, config=config, workdir=workdir)
+    sinks: tuple[RowSink, ...] = (sink,) if seeds is None else (sink, seeds)
     stitcher = Stitcher(
-        grid=grid, sink=TeeSink(sinks), threshold=float(model.description["threshold"]), channels=channels
-    )
+        grid=grid, sink=TeeSink(sinks), threshold=float(model.description["threshold"]),
+        channels=sink.channels,
+    )  # fmt: skip
     counts = {"inferred": 0, "skipped": 0}
 
     def on_batch(batch: BatchResult) -> None:

@@ -1,6 +1,6 @@
 """Training DeepLabV3 on a DATASET.yaml (see :mod:`pipeline.dataset`).
 
-* Data: balanced, augmented crops at the dataset's training GSD (:class:`pipeline.dataset.CropSampler`);
+* Data: balanced, augmented crops at the dataset's training GSD (:class:`pipeline.sampling.CropSampler`);
   validation on whole val scenes resampled to that GSD.
 * Loss: BCE + soft Dice on the building channel, plus ``boundary_weight`` (0.5) x BCE on the
   boundary channel; pixels labelled 255 (no-data) are excluded from every term.
@@ -57,10 +57,11 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from pipeline.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
-from pipeline.dataset import IGNORE, CropSampler, Dataset, ValScene, load_dataset, validation_scenes
+from pipeline.dataset import IGNORE, Dataset, load_dataset
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD, lite_variant
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.model import DeepLabV3, ModelSpec, build_model, check_rates
+from pipeline.sampling import CropSampler, ValScene, validation_scenes
 
 __all__ = [
     "THRESHOLDS",

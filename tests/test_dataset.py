@@ -19,15 +19,14 @@ from scipy import ndimage
 
 from pipeline.dataset import (
     IGNORE,
-    CropSampler,
     boundary_target,
     dataset_files,
     load_dataset,
     make_target,
     parse_dataset,
-    resample_scene,
 )
 from pipeline.errors import ConfigError, FootprintsError, InputNotFoundError
+from pipeline.sampling import CropSampler, resample_scene
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO.parent / "shared" / "data" / "real"
