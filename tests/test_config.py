@@ -1,0 +1,44 @@
+"""Every shipped YAML config loads, and bad configs are one-line ConfigErrors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import REPO_ROOT, PipelineConfig, load_config
+from pipeline.errors import ConfigError, InputNotFoundError
+
+PIPELINE_CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.yaml") if p.name != "dataset.yaml")
+
+
+@pytest.mark.parametrize("path", PIPELINE_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path: Path) -> None:
+    """Every pipeline config validates (configs/dataset.yaml is a DATASET.yaml: test_dataset.py)."""
+    assert isinstance(load_config(path), PipelineConfig)
+
+
+def test_default_yaml_equals_the_defaults() -> None:
+    assert load_config(REPO_ROOT / "configs" / "default.yaml") == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("tiling: {overlap: 400}\n", "tiling.overlap"),
+        ("tiling: {tile_sise: 512}\n", "tiling.tile_sise"),
+        ("model: {output_stride: 32}\n", "model.output_stride"),
+        ("[1, 2]\n", "top level"),
+    ],
+)
+def test_bad_config_is_a_one_line_config_error(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(path) in str(e.value) and where in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError):
+        load_config(tmp_path / "nope.yaml")
