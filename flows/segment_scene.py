@@ -18,12 +18,12 @@ from pipeline.scene import (
     choose_model,
     infer_and_stitch,
     plan_scene,
-    run_record,
+    publish_scene,
     vectorize_stage,
     write_vectors_stage,
 )
 from pipeline.vectorize import Buildings
-from pipeline.write import publish, staging_dir, write_json_atomic
+from pipeline.write import staging_dir
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -83,13 +83,10 @@ def segment_scene_flow(
         logger.info("vectorize: %d buildings", len(buildings))
         with timer.stage("write_vectors"):
             write_task(buildings, plan, model, work)
-        record = run_record(
-            plan=plan, model=model, config=config, stats=stats,
-            n_buildings=len(buildings), seconds=timer.seconds,
+        record = publish_scene(
+            plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
+            seconds=timer.seconds, workdir=work, out_dir=Path(out_dir),
         )  # fmt: skip
-        write_json_atomic(work / "run.json", record)
-        for name in OUTPUT_NAMES:
-            publish(work / name, Path(out_dir) / name)
     logger.info("wrote %s", ", ".join(OUTPUT_NAMES))
     return record
 

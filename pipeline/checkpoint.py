@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
 from pipeline.errors import CheckpointError, ConfigError, ModelError
+from pipeline.files import METADATA_KEY, file_sha256, read_checkpoint_metadata
 from pipeline.model import DeepLabV3, ModelSpec, build_model
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "spec_from_metadata",
 ]
 
-METADATA_KEY = "footprints"
 ARCHITECTURE = "deeplabv3"
 FORMAT_VERSION = 1
 _SPEC_KEYS = ("encoder", "output_stride", "base_rates", "classes", "in_channels")
@@ -142,15 +141,6 @@ class LoadedModel:
     path: Path
 
 
-def file_sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
-    """Streaming SHA-256 (hex) of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _spec_json(spec: ModelSpec) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -233,47 +223,6 @@ def save_checkpoint(
             "writable and has free space"
         ) from exc
     return target
-
-
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: checkpoint not found; pass the path of an existing .safetensors file "
-            "written by save_checkpoint"
-        )
-
-
-def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checkpoint's ``footprints`` JSON header as a dict, without reading the weights."""
-    source = Path(path)
-    _require_file(source)
-    try:
-        with safetensors.safe_open(str(source), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as exc:  # SafetensorError and OS errors for garbage files
-        raise CheckpointError(
-            f"{source}: not a readable safetensors file ({exc}); pass a checkpoint written "
-            "by save_checkpoint (pickled .pt/.pth files are not accepted)"
-        ) from exc
-    text = header.get(METADATA_KEY)
-    if text is None:
-        raise CheckpointError(
-            f"{source}: safetensors file has no '{METADATA_KEY}' metadata; it was not written "
-            "by save_checkpoint, re-save it with save_checkpoint"
-        )
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{source}: '{METADATA_KEY}' metadata is not valid JSON ({exc}); re-save the "
-            "checkpoint with save_checkpoint"
-        ) from exc
-    if not isinstance(record, dict):
-        raise CheckpointError(
-            f"{source}: '{METADATA_KEY}' metadata is not a JSON object; re-save the "
-            "checkpoint with save_checkpoint"
-        )
-    return record
 
 
 def spec_from_metadata(metadata: Mapping[str, Any], *, source: str = "checkpoint") -> ModelSpec:

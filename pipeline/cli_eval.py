@@ -8,7 +8,6 @@ or to stdout with ``--json -`` (the table then goes to stderr so stdout stays JS
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.console import friendly_errors
-from pipeline.errors import ConfigError, OutputError
+from pipeline.errors import ConfigError
+from pipeline.write import write_json_atomic
 
 PredOpt = Annotated[
     list[Path],
@@ -42,19 +42,6 @@ JsonOpt = Annotated[
     str | None,
     typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE ('-': stdout)."),
 ]
-
-
-def write_json_file(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` next to ``path`` under a temporary name, then rename into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(
-            f"{path}: cannot write the JSON results ({exc}); choose a writable --json path"
-        ) from exc
 
 
 def _row(name: str, result: dict[str, Any]) -> list[str]:
@@ -108,7 +95,7 @@ def evaluate_command(
             pairs=list(zip(pred, truth, strict=True)), min_area_m2=min_area, truth_value=truth_value
         )
         if json_path is not None and json_path != "-":
-            write_json_file(Path(json_path), report)
+            write_json_atomic(Path(json_path), report)
     if json_path == "-":
         err.print(results_table(report))
         typer.echo(json.dumps(report, indent=2))
@@ -133,7 +120,7 @@ def validate_command(
             data=data, out_dir=out, config=load_config(config),
             model_path=str(model) if model else None, min_area_m2=min_area,
         )  # fmt: skip
-        write_json_file(out / "validation.json", report)
+        write_json_atomic(out / "validation.json", report)
     Console().print(results_table(report))
 
 

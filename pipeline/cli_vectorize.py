@@ -11,7 +11,6 @@ are written under a temporary name in the destination folder, then renamed into 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,14 +20,14 @@ import typer
 from rich.console import Console
 
 from pipeline.console import friendly_errors
-from pipeline.errors import ConfigError, MissingCRSError, OutputError
+from pipeline.errors import ConfigError, MissingCRSError
+from pipeline.write import write_vector
 
 if TYPE_CHECKING:
     from pipeline.config import VectorizeConfig
     from pipeline.polygonize import Regions
 
 DRIVERS = {".geojson": "GeoJSON", ".gpkg": "GPKG", ".parquet": "Parquet"}
-GEOJSON_OPTIONS = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
 
 MaskArg = Annotated[Path, typer.Argument(metavar="MASK.tif", help="Raster of regions (0/1 mask or labels).")]
 OutOpt = Annotated[Path, typer.Option("--out", metavar="FILE", help="Output .geojson, .gpkg or .parquet.")]
@@ -92,14 +91,12 @@ def regions_frame(
     """A GeoDataFrame (raster CRS) of the regions kept by ``min_area_m2``, post-processed in metres."""
     import geopandas as gpd
 
+    from pipeline.config import outline_options
     from pipeline.vectorize import buildings_from_regions
 
-    vc = vectorize
     b = buildings_from_regions(
-        regions, scene=scene, bounds=bounds, min_area_m2=vc.min_area_m2, simplify_m=vc.simplify_m,
-        fill_holes_m2=vc.fill_holes_m2, regularize=vc.regularize,
-        angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m, stats_scale=stats_scale,
-    )  # fmt: skip
+        regions, scene=scene, bounds=bounds, options=outline_options(vectorize), stats_scale=stats_scale
+    )
     data: dict[str, Any] = {
         "id": b.id.astype(object),
         "value": regions.value[b.keep],
@@ -110,28 +107,6 @@ def regions_frame(
     if regions.mean is not None:
         data["mean_probability"] = np.round(b.confidence, 4)
     return gpd.GeoDataFrame(data, geometry=list(b.geometry), crs=b.crs.to_wkt())
-
-
-def write_frame(frame: Any, path: Path, *, driver: str) -> None:
-    """Write ``frame`` under a temporary name next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.unlink(missing_ok=True)
-        if driver == "Parquet":
-            frame.to_parquet(tmp, index=False)
-        elif driver == "GeoJSON":
-            frame.to_file(tmp, driver=driver, layer=path.stem, engine="pyogrio", **GEOJSON_OPTIONS)
-        else:
-            frame.to_file(tmp, driver=driver, layer="regions", engine="pyogrio")
-        os.replace(tmp, path)
-    except ImportError as exc:
-        raise OutputError(f"{path}: writing {driver} needs {exc.name}; `pip install pyarrow`") from exc
-    except (OSError, RuntimeError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OutputError(f"{path}: cannot write ({message}); choose a writable --out path") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def vectorize_command(
@@ -172,7 +147,7 @@ def vectorize_command(
             vectorize=cfg.vectorize,
             stats_scale=_stats_scale(stats),
         )
-        write_frame(frame, out, driver=driver)
+        write_vector(frame, out, driver=driver, layer=out.stem)
     merged = int((regions.pieces > 1).sum())
     err.print(
         f"{len(frame)} polygons ({len(regions)} regions, {merged} joined across bands) -> {out} "

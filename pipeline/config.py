@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError, InputNotFoundError
+
+if TYPE_CHECKING:
+    from pipeline.vectorize import OutlineOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -82,6 +85,16 @@ class VectorizeConfig(_Section):
         15.0, ge=0.0, lt=45.0, description="Edges this close to a wall direction snap to it (degrees)."
     )
     min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
+
+
+def outline_options(vc: VectorizeConfig) -> OutlineOptions:
+    """The vectorize: section as the library's :class:`~pipeline.vectorize.OutlineOptions`."""
+    from pipeline.vectorize import OutlineOptions
+
+    return OutlineOptions(
+        min_area_m2=vc.min_area_m2, simplify_m=vc.simplify_m, fill_holes_m2=vc.fill_holes_m2,
+        regularize=vc.regularize, angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m,
+    )  # fmt: skip
 
 
 class PipelineConfig(_Section):

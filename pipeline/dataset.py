@@ -411,6 +411,7 @@ class Scene:
     label: NDArray[np.uint8]
     image_path: Path
     label_path: Path
+    grid: RasterGrid
     building_index: NDArray[np.int64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -506,6 +507,7 @@ def _load_scene(r: _Resolved, source: SourceSpec, where: Path, root: Path) -> Sc
         label=label,
         image_path=r.image,
         label_path=r.label,
+        grid=grid,
     )
 
 

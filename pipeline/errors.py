@@ -48,5 +48,9 @@ class CheckpointError(FootprintsError, OSError):
     """A checkpoint file is missing, malformed or incompatible."""
 
 
+class EvaluationInputError(FootprintsError, OSError):
+    """A prediction or ground-truth file exists but cannot be read or used."""
+
+
 class OutputError(FootprintsError, OSError):
     """An output cannot be written."""

@@ -53,7 +53,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.errors import ConfigError, FootprintsError, InputNotFoundError, MissingCRSError
+from pipeline.errors import ConfigError, EvaluationInputError, InputNotFoundError, MissingCRSError
 from pipeline.geo import MetricFrame
 from pipeline.geo import reproject as reproject_geoms
 from pipeline.polygonize import reference_polygons
@@ -64,10 +64,6 @@ RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", "
 VECTOR_SUFFIXES = frozenset({".geojson", ".json", ".gpkg", ".shp", ".fgb", ".gml", ".kml"})
 
 Polygons = NDArray[np.object_] | Sequence[Any]
-
-
-class EvaluationInputError(FootprintsError, OSError):
-    """A prediction or ground-truth file exists but cannot be read or used."""
 
 
 @dataclass(frozen=True)

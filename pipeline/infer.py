@@ -8,8 +8,6 @@ picklable recipe that a Dask worker turns into a segmenter once, and caches.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import CheckpointError
+from pipeline.files import file_sha256, read_checkpoint_metadata
 
 if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
     import torch
@@ -125,15 +123,6 @@ class TorchSegmenter:
             return to_uint8_probability(prob)
 
 
-def file_sha256(path: str | Path, *, chunk: int = 1 << 22) -> str:
-    """Streaming SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class CheckpointSource:
     """Load a safetensors checkpoint (see :mod:`pipeline.checkpoint`)."""
@@ -160,12 +149,7 @@ class CheckpointSource:
         )
 
     def describe(self) -> dict[str, Any]:
-        if not Path(self.path).exists():
-            raise CheckpointError(
-                f"{self.path}: checkpoint not found; pass --model with an existing "
-                ".safetensors file or omit it to use the shipped model"
-            )
-        meta = checkpoint_header(self.path)
+        meta = read_checkpoint_metadata(self.path)
         return {
             "id": Path(self.path).stem,
             "sha256": file_sha256(self.path),
@@ -221,25 +205,6 @@ class UntrainedSource:
             "gsd_m": None,
             "classes": ["building", "boundary"],
         }
-
-
-def checkpoint_header(path: str) -> dict[str, Any]:
-    """The footprints metadata of a safetensors checkpoint, read without torch."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            raw = (f.metadata() or {}).get("footprints")
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: not a safetensors checkpoint ({exc}); pass a file written by `footprints train`"
-        ) from exc
-    if raw is None:
-        raise CheckpointError(
-            f"{path}: safetensors file without footprints metadata; pass a file written by `footprints train`"
-        )
-    meta: dict[str, Any] = json.loads(raw)
-    return meta
 
 
 _CACHE: dict[Any, Segmenter] = {}

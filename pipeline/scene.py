@@ -21,11 +21,12 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 
-from pipeline.config import PipelineConfig, default_checkpoint
+from pipeline.config import PipelineConfig, default_checkpoint, outline_options
 from pipeline.dispatch import BatchResult, connect, run_batches
+from pipeline.files import file_sha256
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid
-from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource, file_sha256
+from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
 from pipeline.read import RasterInfo, open_raster
 from pipeline.regions import SeedSink
 from pipeline.stitch import RowSink, Stitcher, TeeSink
@@ -251,18 +252,12 @@ def vectorize_stage(
 ) -> Buildings:
     """Block-wise polygons of the split regions (or of the mask when there is no split)."""
     regions = workdir / "regions.scratch.tif"
-    vc = config.vectorize
     return vectorize_scene(
         values_path=str(regions if regions.exists() else workdir / "mask.tif"),
         probability_path=str(workdir / "probability.tif"),
         scene=plan.scene,
-        min_area_m2=vc.min_area_m2,
-        simplify_m=vc.simplify_m,
-        fill_holes_m2=vc.fill_holes_m2,
-        regularize=vc.regularize,
-        angle_tolerance_deg=vc.angle_tolerance_deg,
-        min_edge_m=vc.min_edge_m,
-        block_size=vc.block_size,
+        options=outline_options(config.vectorize),
+        block_size=config.vectorize.block_size,
     )
 
 
@@ -306,6 +301,20 @@ def run_record(
     }  # fmt: skip
 
 
+def publish_scene(
+    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
+    n_buildings: int, seconds: dict[str, float], workdir: Path, out_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``run.json`` and rename the five staged outputs into ``out_dir``."""
+    record = run_record(
+        plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds
+    )
+    write_json_atomic(workdir / "run.json", record)
+    for name in OUTPUT_NAMES:
+        publish(workdir / name, out_dir / name)
+    return record
+
+
 @dataclass(frozen=True)
 class SceneResult:
     out_dir: Path
@@ -335,12 +344,8 @@ def segment_scene(
             buildings = vectorize_stage(plan=plan, model=model, config=config, workdir=work)
         with timer.stage("write_vectors"):
             write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=work)
-        record = run_record(
-            plan=plan, model=model, config=config, stats=stats,
-            n_buildings=len(buildings), seconds=timer.seconds,
+        record = publish_scene(
+            plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
+            seconds=timer.seconds, workdir=work, out_dir=Path(out_dir),
         )  # fmt: skip
-        write_json_atomic(work / "run.json", record)
-        out = Path(out_dir)
-        for name in OUTPUT_NAMES:
-            publish(work / name, out / name)
-    return SceneResult(out_dir=out, record=record)
+    return SceneResult(out_dir=Path(out_dir), record=record)

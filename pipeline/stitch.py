@@ -87,7 +87,9 @@ class Stitcher:
         self._acc = np.zeros((self.channels, 0, self.grid.width), np.float32)
         self._wsum = np.zeros((0, self.grid.width), np.float32)
         self._valid = np.zeros((0, self.grid.width), np.bool_)
-        self._tiles_per_row = self.grid.shape[1]
+        self._row_offsets = self.grid.row_offsets  # computed once: a property builds the list
+        self._tiles_per_row = len(self.grid.col_offsets)
+        self._weights: dict[tuple[int, int, bool, bool, bool, bool], NDArray[np.float32]] = {}
 
     def _ensure_rows(self, row_end: int) -> None:
         have = self._start + self._wsum.shape[0]
@@ -108,7 +110,7 @@ class Stitcher:
         r0 = tile.row_off - self._start
         rows = slice(r0, r0 + tile.height)
         cols = slice(tile.col_off, tile.col_end)
-        weight = tile_weights(tile, overlap=self.grid.overlap) * valid
+        weight = self._tile_weights(tile) * valid
         self._acc[:, rows, cols] += weight * probability[: self.channels].astype(np.float32)
         self._wsum[rows, cols] += weight
         self._valid[rows, cols] |= valid
@@ -120,19 +122,23 @@ class Stitcher:
         self._flush()
 
     def _flushable_until(self) -> int:
-        row = self._next_row
-        while row < self.grid.shape[0] and self._done[row] == self._tiles_per_row:
-            row += 1
-        if row >= self.grid.shape[0]:
+        """First raster row an unfinished tile can still touch (advances ``_next_row``)."""
+        rows = len(self._row_offsets)
+        while self._next_row < rows and self._done[self._next_row] == self._tiles_per_row:
+            self._next_row += 1
+        if self._next_row >= rows:
             return self.grid.height
-        return self.grid.row_offsets[row]
+        return self._row_offsets[self._next_row]
+
+    def _tile_weights(self, tile: Tile) -> NDArray[np.float32]:
+        """Blend window of ``tile``; only a handful of distinct windows exist per grid."""
+        key = (tile.height, tile.width, tile.top, tile.left, tile.bottom, tile.right)
+        if key not in self._weights:
+            self._weights[key] = tile_weights(tile, overlap=self.grid.overlap)
+        return self._weights[key]
 
     def _flush(self) -> None:
         limit = self._flushable_until()
-        self._next_row = next(
-            (r for r in range(self._next_row, self.grid.shape[0]) if self._done[r] < self._tiles_per_row),
-            self.grid.shape[0],
-        )
         n = limit - self._start
         if n <= 0:
             return

@@ -56,10 +56,11 @@ from rich.progress import (
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from pipeline.checkpoint import CheckpointMetadata, file_sha256, save_checkpoint
+from pipeline.checkpoint import CheckpointMetadata, save_checkpoint
 from pipeline.dataset import IGNORE, Dataset, load_dataset
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD, lite_variant
 from pipeline.errors import CheckpointError, ConfigError
+from pipeline.files import file_sha256
 from pipeline.model import DeepLabV3, ModelSpec, build_model, check_rates
 from pipeline.sampling import CropSampler, ValScene, validation_scenes
 

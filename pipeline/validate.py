@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from pipeline.config import PipelineConfig
-from pipeline.dataset import IGNORE, Scene, load_dataset, read_image
+from pipeline.dataset import IGNORE, Scene, load_dataset
 from pipeline.dispatch import connect
 from pipeline.evaluate import evaluate
 from pipeline.scene import segment_scene
@@ -28,8 +28,9 @@ from pipeline.scene import segment_scene
 LOCAL_CRS = CRS.from_epsg(32631)
 
 
-def _grid(scene: Scene) -> tuple[CRS, Affine]:
-    _, _, grid = read_image(scene.image_path)
+def scene_grid(scene: Scene) -> tuple[CRS, Affine]:
+    """The scene's CRS and transform, or a local UTM grid at its GSD when it has none."""
+    grid = scene.grid
     if grid.crs is not None:
         return grid.crs, grid.transform
     h = scene.label.shape[0]
@@ -39,7 +40,7 @@ def _grid(scene: Scene) -> tuple[CRS, Affine]:
 def write_scene(scene: Scene, folder: Path) -> tuple[Path, Path]:
     """The scene's image (nodata masked) and its label (0/1, nodata 255) as GeoTIFFs."""
     folder.mkdir(parents=True, exist_ok=True)
-    crs, transform = _grid(scene)
+    crs, transform = scene_grid(scene)
     h, w = scene.label.shape
     common = {"driver": "GTiff", "height": h, "width": w, "crs": crs, "transform": transform}
     image_path, label_path = folder / "image.tif", folder / "truth.tif"

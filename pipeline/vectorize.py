@@ -42,6 +42,18 @@ class Buildings:
         return int(self.geometry.shape[0])
 
 
+@dataclass(frozen=True)
+class OutlineOptions:
+    """How polygons become delivered outlines; every length and area is metric."""
+
+    min_area_m2: float = 8.0
+    simplify_m: float = 0.3
+    fill_holes_m2: float = 0.0
+    regularize: bool = False
+    angle_tolerance_deg: float = 15.0
+    min_edge_m: float = 0.5
+
+
 def make_ids(scene: str, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.str_]:
     """Stable ids ``{scene}-{row}-{col}`` from each building's first pixel."""
     pos = np.char.add(rows.astype(str), np.char.add("-", cols.astype(str)))
@@ -53,12 +65,7 @@ def buildings_from_regions(
     *,
     scene: str,
     bounds: tuple[float, float, float, float],
-    min_area_m2: float,
-    simplify_m: float,
-    fill_holes_m2: float = 0.0,
-    regularize: bool = False,
-    angle_tolerance_deg: float = 15.0,
-    min_edge_m: float = 0.5,
+    options: OutlineOptions,
     pixel_m: float | None = None,
     stats_scale: float = 255.0,
 ) -> Buildings:
@@ -71,11 +78,11 @@ def buildings_from_regions(
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
     area = shapely.area(frame.to_metric(regions.geometry)) if len(regions) else np.empty(0)
-    keep = np.flatnonzero(area >= min_area_m2)
+    keep = np.flatnonzero(area >= options.min_area_m2)
     geoms = postprocess(
-        regions.geometry[keep], frame=frame, fill_holes_m2=fill_holes_m2, simplify_m=simplify_m,
-        regularize=regularize, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m,
-        pixel_m=pixel_m,
+        regions.geometry[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
+        simplify_m=options.simplify_m, regularize=options.regularize,
+        angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
     )  # fmt: skip
     # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
     geoms = polygonal_part(shapely.intersection(geoms, shapely.box(*bounds))) if geoms.size else geoms
@@ -98,12 +105,7 @@ def vectorize_scene(
     values_path: str,
     probability_path: str | None,
     scene: str,
-    min_area_m2: float,
-    simplify_m: float,
-    fill_holes_m2: float = 0.0,
-    regularize: bool = False,
-    angle_tolerance_deg: float = 15.0,
-    min_edge_m: float = 0.5,
+    options: OutlineOptions,
     block_size: int = 1024,
 ) -> Buildings:
     """Polygonize a mask or region raster block by block into :class:`Buildings`.
@@ -115,8 +117,4 @@ def vectorize_scene(
         bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
         pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
     regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
-    return buildings_from_regions(
-        regions, scene=scene, bounds=bounds, min_area_m2=min_area_m2, simplify_m=simplify_m,
-        fill_holes_m2=fill_holes_m2, regularize=regularize, angle_tolerance_deg=angle_tolerance_deg,
-        min_edge_m=min_edge_m, pixel_m=pixel_m,
-    )  # fmt: skip
+    return buildings_from_regions(regions, scene=scene, bounds=bounds, options=options, pixel_m=pixel_m)

@@ -55,9 +55,16 @@ def publish(staged: Path, final: Path) -> None:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON under a temporary name next to ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc}); choose a writable path") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -169,15 +176,29 @@ def to_cog(src: Path, dst: Path, *, resampling: str) -> None:
     src.unlink()
 
 
+GEOJSON_OPTIONS = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
+
+
 def write_vector(frame: Any, path: Path, *, driver: str, layer: str = "buildings") -> None:
-    """Write a GeoDataFrame with pyogrio to a temporary name, then rename into place."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if tmp.exists():
-        tmp.unlink()
-    options: dict[str, Any] = {}
-    if driver == "GeoJSON":
-        options = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
-    frame.to_file(
-        tmp, driver=driver, layer=None if driver == "GeoJSON" else layer, engine="pyogrio", **options
-    )
-    os.replace(tmp, path)
+    """Write a GeoDataFrame (GeoJSON per RFC 7946, GPKG or GeoParquet) atomically.
+
+    The file is written under a temporary name next to ``path`` and renamed into place.
+    """
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        if driver == "Parquet":
+            frame.to_parquet(tmp, index=False)
+        elif driver == "GeoJSON":
+            frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio", **GEOJSON_OPTIONS)
+        else:
+            frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio")
+        os.replace(tmp, path)
+    except ImportError as exc:
+        raise OutputError(f"{path}: writing {driver} needs {exc.name}; `pip install pyarrow`") from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(f"{path}: cannot write ({message}); choose a writable output path") from exc
+    finally:
+        tmp.unlink(missing_ok=True)

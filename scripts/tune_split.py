@@ -22,11 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.dataset import IGNORE, load_dataset
 from pipeline.evaluate import object_metrics
+from pipeline.files import read_checkpoint_metadata
 from pipeline.geo import MetricFrame
-from pipeline.infer import CheckpointSource, checkpoint_header
+from pipeline.infer import CheckpointSource
 from pipeline.polygonize import reference_polygons
 from pipeline.regions import split_array
-from pipeline.validate import _grid
+from pipeline.validate import scene_grid
 
 GRID = {
     "threshold": [0.4, 0.5, 0.6],
@@ -42,11 +43,11 @@ def main() -> None:
     ap.add_argument("--data", default="configs/dataset.yaml")
     ap.add_argument("--min-area", type=float, default=8.0)
     args = ap.parse_args()
-    model_gsd = float(checkpoint_header(args.model)["gsd_m"])
+    model_gsd = float(read_checkpoint_metadata(args.model)["gsd_m"])
     seg = CheckpointSource(args.model).load()
     scenes = []
     for scene in load_dataset(args.data, splits=("val",)).scenes:
-        crs, transform = _grid(scene)
+        crs, transform = scene_grid(scene)
         prob = seg.predict(scene.image.transpose(2, 0, 1)[None], scale=scene.gsd_m / model_gsd)[0]
         valid = scene.label != IGNORE
         truth = (scene.label == 1).astype(np.uint8)
