@@ -1,34 +1,44 @@
-"""Prefect flow ``segment-scene``: the same stages as ``footprints segment``, as tasks."""
+"""Prefect flow ``segment-scene``: the same stages as ``footprints segment``, as tasks.
+
+Tasks that do I/O retry transient errors only (see :mod:`flows.common`); a retried
+``infer-stitch`` resumes from the tiles its failed attempt cached.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
+from pipeline.restart import SceneState
 from pipeline.scene import (
     OUTPUT_NAMES,
     ModelChoice,
     ScenePlan,
+    SceneTarget,
     StageTimer,
     StitchStats,
     choose_model,
+    finished_record,
     infer_and_stitch,
+    open_state,
     plan_scene,
     publish_scene,
     vectorize_stage,
     write_vectors_stage,
 )
+from pipeline.storage import redact
 from pipeline.vectorize import Buildings
-from pipeline.write import staging_dir
 
-
-@task(name="plan", cache_policy=NO_CACHE)
-def plan_task(input_path: str, config: PipelineConfig, model: ModelChoice) -> ScenePlan:
-    return plan_scene(input_path=input_path, config=config, model_gsd_m=model.description.get("gsd_m"))
+IO_TASK: dict[str, Any] = {
+    "cache_policy": NO_CACHE, "retries": IO_RETRIES, "retry_delay_seconds": IO_RETRY_DELAYS,
+    "retry_condition_fn": retry_transient,
+}  # fmt: skip
 
 
 @task(name="choose-model", cache_policy=NO_CACHE)
@@ -36,8 +46,20 @@ def model_task(model_path: str | None, config: PipelineConfig) -> ModelChoice:
     return choose_model(model_path=model_path, config=config)
 
 
-@task(name="infer-stitch", cache_policy=NO_CACHE)
-def infer_task(plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path) -> StitchStats:
+@task(name="resolve", **IO_TASK)
+def resolve_task(input_url: str, out_url: str) -> SceneTarget:
+    return SceneTarget.resolve(input_url=input_url, out_url=out_url)
+
+
+@task(name="plan", **IO_TASK)
+def plan_task(input_url: str, config: PipelineConfig, model: ModelChoice) -> ScenePlan:
+    return plan_scene(input_path=input_url, config=config, model_gsd_m=model.description.get("gsd_m"))
+
+
+@task(name="infer-stitch", **IO_TASK)
+def infer_task(
+    plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path, state: SceneState | None
+) -> StitchStats:
     logger = get_run_logger()
     step = max(1, len(plan.grid) // 10)
 
@@ -45,7 +67,9 @@ def infer_task(plan: ScenePlan, model: ModelChoice, config: PipelineConfig, work
         if done % step == 0 or done == total:
             logger.info("tiles %d/%d", done, total)
 
-    return infer_and_stitch(plan=plan, model=model, config=config, workdir=workdir, progress=progress)
+    return infer_and_stitch(
+        plan=plan, model=model, config=config, workdir=workdir, progress=progress, state=state
+    )
 
 
 @task(name="vectorize", cache_policy=NO_CACHE)
@@ -54,8 +78,15 @@ def vectorize_task(plan: ScenePlan, model: ModelChoice, config: PipelineConfig, 
 
 
 @task(name="write-vectors", cache_policy=NO_CACHE)
-def write_task(buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path) -> None:
-    write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=workdir)
+def write_task(
+    buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path, timestamp: str | None
+) -> None:
+    write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=workdir, timestamp=timestamp)
+
+
+@task(name="publish", **IO_TASK)
+def publish_task(**kwargs: Any) -> dict[str, Any]:
+    return publish_scene(**kwargs)
 
 
 @flow(name="segment-scene", log_prints=True)
@@ -65,29 +96,46 @@ def segment_scene_flow(
     config_path: str | None = None,
     model_path: str | None = None,
     scheduler: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Segment one scene into ``out_dir`` (the five outputs of ``footprints segment``)."""
+    """Segment one scene into ``out_dir`` (the five outputs of ``footprints segment``).
+
+    ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
+    ``scheduler`` (or the environment variable FOOTPRINTS_DASK_SCHEDULER) connects to
+    an existing Dask cluster.
+    """
     logger = get_run_logger()
+    scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     config = load_config(config_path, **{"dask.scheduler": scheduler})
     timer = StageTimer()
     with timer.stage("plan"):
         model = model_task(model_path, config)
+        target = resolve_task(input_path, out_dir)
+        state = open_state(target=target, model=model, config=config, force=force)
+        if (done := finished_record(state=state, target=target)) is not None:
+            logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))
+            return {**done, "skipped": True}
         plan = plan_task(input_path, config, model)
     logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.description["id"])
-    with staging_dir(out_dir) as work:
+    with target.staging() as work:
         with timer.stage("infer_stitch"):
-            stats = infer_task(plan, model, config, work)
-        logger.info("infer+stitch: %d tiles inferred, %d skipped", stats.tiles_inferred, stats.tiles_skipped)
+            stats = infer_task(plan, model, config, work, state)
+        logger.info(
+            "infer+stitch: %d tiles inferred, %d reused, %d skipped",
+            stats.tiles_inferred, stats.tiles_reused, stats.tiles_skipped,
+        )  # fmt: skip
         with timer.stage("vectorize"):
             buildings = vectorize_task(plan, model, config, work)
         logger.info("vectorize: %d buildings", len(buildings))
+        if state is not None:
+            state.record_stage("vectorize")
         with timer.stage("write_vectors"):
-            write_task(buildings, plan, model, work)
-        record = publish_scene(
+            write_task(buildings, plan, model, work, target.input_modified)
+        record = publish_task(
             plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
-            seconds=timer.seconds, workdir=work, out_dir=Path(out_dir),
+            seconds=timer.seconds, workdir=work, target=target, state=state,
         )  # fmt: skip
-    logger.info("wrote %s", ", ".join(OUTPUT_NAMES))
+    logger.info("wrote %s to %s", ", ".join(OUTPUT_NAMES), redact(out_dir))
     return record
 
 

@@ -18,6 +18,12 @@ from typing import Any
 # it before any I/O happens; an explicit GDAL_CACHEMAX in the environment still wins.
 os.environ.setdefault("GDAL_CACHEMAX", "128")
 
+# /vsis3/ reads a custom S3 endpoint (MinIO, moto) from its own options, not from
+# AWS_ENDPOINT_URL: translate it here, so that Dask workers importing pipeline get it too.
+from pipeline.storage import configure_gdal_s3
+
+configure_gdal_s3()
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "build_model", "load_checkpoint"]
 

@@ -50,13 +50,20 @@ def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 @app.command()
 def segment(
-    input: Annotated[str, typer.Argument(help="Input GeoTIFF (path or URL).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    input: Annotated[str, typer.Argument(help="Input GeoTIFF: a path, file:// or s3:// URL.")],
+    out: Annotated[str, typer.Option("--out", help="Output folder: a path, file:// or s3:// URL.")],
     config: ConfigOpt = None,
     model: ModelOpt = None,
     scheduler: SchedOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute even if OUT holds this exact run; drop cached tiles.")
+    ] = False,
 ) -> None:
-    """Segment buildings in INPUT and write rasters, GeoJSON, GeoPackage and run.json to OUT."""
+    """Segment buildings in INPUT and write rasters, GeoJSON, GeoPackage and run.json to OUT.
+
+    A rerun after a crash reuses the tiles already inferred; a scene already published
+    with the same input, model and config is not run again.
+    """
     from pipeline.scene import segment_scene
 
     _show_warnings()
@@ -69,11 +76,15 @@ def segment(
                 config=cfg,
                 model_path=str(model) if model else None,
                 progress=progress,
+                force=force,
             )
     rec = result.record
+    if result.skipped:
+        err.print(f"{result.out_dir} is up to date (same input, model and config); --force recomputes it")
+        return
     err.print(
         f"{rec['counts']['buildings']} buildings from {rec['counts']['tiles_inferred']} tiles "
-        f"-> {result.out_dir} ({sum(rec['seconds'].values()):.1f} s)"
+        f"({rec['counts']['tiles_reused']} reused) -> {result.out_dir} ({sum(rec['seconds'].values()):.1f} s)"
     )
 
 

@@ -87,6 +87,13 @@ class VectorizeConfig(_Section):
     min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
 
 
+class RestartConfig(_Section):
+    """Tile-level restart (see pipeline.restart): state beside OUTDIR, finished tiles reused."""
+
+    enabled: bool = Field(True, description="Keep a manifest and reuse finished tiles on a rerun.")
+    keep_tiles: bool = Field(False, description="Keep the tile cache after the scene is published.")
+
+
 def outline_options(vc: VectorizeConfig) -> OutlineOptions:
     """The vectorize: section as the library's :class:`~pipeline.vectorize.OutlineOptions`."""
     from pipeline.vectorize import OutlineOptions
@@ -104,6 +111,7 @@ class PipelineConfig(_Section):
     dask: DaskConfig = DaskConfig()  # type: ignore[call-arg]
     split: SplitConfig = SplitConfig()  # type: ignore[call-arg]
     vectorize: VectorizeConfig = VectorizeConfig()  # type: ignore[call-arg]
+    restart: RestartConfig = RestartConfig()  # type: ignore[call-arg]
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PipelineConfig:

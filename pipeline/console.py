@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline.errors import FootprintsError
+from pipeline.storage import redact
 
 
 @contextmanager
@@ -19,5 +20,6 @@ def friendly_errors(err: Console | None = None) -> Iterator[None]:
         yield
     except FootprintsError as exc:
         console = err or Console(stderr=True)
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        message = escape(redact(str(exc)))
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

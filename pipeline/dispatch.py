@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from pipeline.grid import Tile, TileGrid
 from pipeline.infer import ModelSource, cached_segmenter
 from pipeline.read import RasterInfo, read_tile
+from pipeline.restart import SKIPPED, TileCache
 
 PLUGIN_NAME = "footprints-model"
 
@@ -36,6 +37,7 @@ class TileResult:
     tile: Tile
     probability: NDArray[np.uint8]
     packed_valid: NDArray[np.uint8] | None
+    reused: bool = False
 
     def valid(self) -> NDArray[np.bool_]:
         if self.packed_valid is None:
@@ -67,13 +69,23 @@ class ModelPlugin(WorkerPlugin):
 
 
 def predict_batch(
-    info: RasterInfo, tiles: Sequence[Tile], source: ModelSource, scale: float = 1.0
+    info: RasterInfo,
+    tiles: Sequence[Tile],
+    source: ModelSource,
+    scale: float = 1.0,
+    cache: TileCache | None = None,
 ) -> BatchResult:
     """Worker task: read the windows, skip all-nodata tiles, predict the rest.
 
+    With a ``cache``, a batch whose tiles are all cached is returned from it without
+    inference; otherwise the whole batch is inferred again and cached. Batches are
+    never split, because a model's output may depend on the batch by a rounding step,
+    and a resumed run must write the same bytes as an uninterrupted one.
     ``scale`` (input GSD / model GSD) is applied by the segmenter, which returns the
     probabilities on the input grid.
     """
+    if cache is not None and (done := _from_cache(tiles, cache)) is not None:
+        return done
     pixels, valids, kept, skipped = [], [], [], []
     with rasterio.open(info.path) as ds:
         for tile in tiles:
@@ -90,12 +102,54 @@ def predict_batch(
         for tile, p, valid in zip(kept, prob, valids, strict=True):
             packed = None if valid.all() else np.packbits(valid.ravel())
             results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
+    if cache is not None:
+        for r in results:
+            cache.save(r.tile, r.probability, r.packed_valid)
+        for t in skipped:
+            cache.save_skipped(t)
+    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
+
+
+def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:
+    """The batch rebuilt from the cache, or None unless every tile of it is cached."""
+    results, skipped = [], []
+    for tile in tiles:
+        hit = cache.load(tile)
+        if hit is None:
+            return None
+        if hit == SKIPPED:
+            skipped.append(tile)
+        else:
+            assert not isinstance(hit, str)
+            results.append(TileResult(tile=tile, probability=hit[0], packed_valid=hit[1], reused=True))
     return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
 
 
 def batches(tiles: Sequence[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
     """Consecutive (row-major) batches of tiles."""
     return [tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+
+_SHARED: list[Client] = []
+
+
+@contextlib.contextmanager
+def shared_client(
+    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1
+) -> Iterator[Client]:
+    """One client for many scenes (a bucket): :func:`active_client` returns it meanwhile,
+    so every scene reuses the cluster and the models already loaded on its workers."""
+    with connect(scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker) as c:
+        _SHARED.append(c)
+        try:
+            yield c
+        finally:
+            _SHARED.remove(c)
+
+
+def active_client() -> Client | None:
+    """The innermost :func:`shared_client`, if one is open in this process."""
+    return _SHARED[-1] if _SHARED else None
 
 
 @contextlib.contextmanager
@@ -141,12 +195,14 @@ def run_batches(
     on_batch: Callable[[BatchResult], None],
     scale: float = 1.0,
     skip: frozenset[int] = frozenset(),
+    cache: TileCache | None = None,
 ) -> int:
     """Submit batches in row-major order and feed results to ``on_batch``.
 
     At most ``max_in_flight`` batches are submitted past the oldest unfinished one,
     so memory stays flat however large the raster is, even behind a straggler.
-    Tiles whose index is in ``skip`` are not submitted. Returns the batch count.
+    Tiles whose index is in ``skip`` are not submitted; tiles in ``cache`` are loaded
+    from it by the workers instead of inferred. Returns the batch count.
     """
     client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
     resources = {"GPU": 1} if workers_have_gpus(client) else None
@@ -160,7 +216,7 @@ def run_batches(
         nonlocal next_i
         while next_i < len(todo) and next_i < oldest + max_in_flight:
             fut = client.submit(
-                predict_batch, info, todo[next_i], source, scale, resources=resources, pure=False
+                predict_batch, info, todo[next_i], source, scale, cache, resources=resources, pure=False
             )
             pending[fut.key] = next_i
             ac.add(fut)  # type: ignore[no-untyped-call]

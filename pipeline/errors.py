@@ -7,6 +7,8 @@ Messages name the file, the problem and the fix, on one line.
 
 from __future__ import annotations
 
+import re
+
 
 class FootprintsError(Exception):
     """Root of all footprints errors."""
@@ -54,3 +56,44 @@ class EvaluationInputError(FootprintsError, OSError):
 
 class OutputError(FootprintsError, OSError):
     """An output cannot be written."""
+
+
+class StorageError(FootprintsError, OSError):
+    """A bucket or folder cannot be listed, read or written."""
+
+
+class TransientIOError(FootprintsError, OSError):
+    """An I/O failure that a retry may cure (a dropped connection, a 5xx, a timeout)."""
+
+
+#: Third-party exception classes (botocore, aiohttp, urllib3) that mean "try again".
+TRANSIENT_NAMES = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectionError", "ServerDisconnectedError", "ClientPayloadError", "ServerTimeoutError",
+    "ProtocolError", "NewConnectionError", "ResponseStreamingError", "SlowDown",
+})  # fmt: skip
+_TRANSIENT_TEXT = re.compile(
+    r"HTTP response code:? *(5\d\d|429)|\b(50[0234]|429)\b.*(error|unavailable|slow ?down)|"
+    r"curl error|timed out|connection (reset|refused|aborted)|temporarily unavailable",
+    re.IGNORECASE,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything in its cause chain) is a transient I/O failure.
+
+    Missing files, bad rasters, bad configs and permission errors are not: retrying
+    them only delays the error message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TransientIOError | ConnectionError | TimeoutError):
+            return True
+        if any(cls.__name__ in TRANSIENT_NAMES for cls in type(current).__mro__):
+            return True
+        if isinstance(current, OSError) and _TRANSIENT_TEXT.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

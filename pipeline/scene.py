@@ -22,16 +22,17 @@ import geopandas as gpd
 import numpy as np
 
 from pipeline.config import PipelineConfig, default_checkpoint, outline_options
-from pipeline.dispatch import BatchResult, connect, run_batches
-from pipeline.files import file_sha256
+from pipeline.dispatch import BatchResult, active_client, connect, run_batches
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid
 from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
 from pipeline.read import RasterInfo, open_raster
 from pipeline.regions import SeedSink
+from pipeline.restart import SceneState, config_digest, run_key
 from pipeline.stitch import RowSink, Stitcher, TeeSink
+from pipeline.storage import Location, gdal_path, identity, modified_time, parse_location, read_json, upload
 from pipeline.vectorize import Buildings, vectorize_scene
-from pipeline.write import CogSink, publish, staging_dir, write_json_atomic, write_vector
+from pipeline.write import CogSink, staging_dir, write_json_atomic, write_vector
 
 OUTPUT_NAMES = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json")
 VERSIONED = (
@@ -83,10 +84,62 @@ class StitchStats:
     tiles_skipped: int
     batches: int
     peak_rows: int
+    tiles_reused: int = 0
 
 
 def scene_id(path: str) -> str:
     return Path(path.rstrip("/")).stem
+
+
+@dataclass(frozen=True)
+class SceneTarget:
+    """Where one scene comes from and goes to, with the identity of its input's content."""
+
+    input: Location
+    out: Location
+    input_identity: dict[str, Any]
+    input_modified: str
+
+    @classmethod
+    def resolve(cls, *, input_url: str, out_url: str | os.PathLike[str]) -> SceneTarget:
+        src = parse_location(input_url)
+        return cls(
+            input=src,
+            out=parse_location(out_url),
+            input_identity=identity(src),
+            input_modified=modified_time(src),
+        )
+
+    def staging(self) -> Any:
+        """Scratch space: hidden inside a local OUTDIR, a local temporary folder otherwise."""
+        return staging_dir(self.out.path if self.out.is_local else None)
+
+
+def open_state(
+    *, target: SceneTarget, model: ModelChoice, config: PipelineConfig, force: bool = False
+) -> SceneState | None:
+    """The scene's restart manifest (None when ``restart.enabled`` is off)."""
+    if not config.restart.enabled:
+        return None
+    model_sha = model.description.get("sha256")
+    key = run_key(
+        input_identity=target.input_identity, model_sha256=model_sha, config_sha256=config_digest(config)
+    )
+    describe = {
+        "input": {"url": target.input.url, **target.input_identity}, "output": target.out.url,
+        "model_sha256": model_sha, "config_sha256": config_digest(config),
+    }  # fmt: skip
+    return SceneState.open(out=target.out, key=key, describe=describe, force=force)
+
+
+def finished_record(*, state: SceneState | None, target: SceneTarget) -> dict[str, Any] | None:
+    """The published ``run.json`` when this exact run (same key) already completed."""
+    if state is None or not state.complete:
+        return None
+    record = read_json(target.out.child("run.json"))
+    if record is None or record.get("run_key") != state.key:
+        return None
+    return record
 
 
 def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | None = None) -> ScenePlan:
@@ -97,7 +150,7 @@ def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | 
     """
     ic = config.input
     info = open_raster(
-        input_path,
+        gdal_path(input_path),
         bands=tuple(ic.bands) if ic.bands else None,
         percentiles=ic.percentiles,
         nodata=ic.nodata,
@@ -163,11 +216,13 @@ def infer_and_stitch(
     workdir: Path,
     progress: ProgressFn | None = None,
     client: Any | None = None,
+    state: SceneState | None = None,
 ) -> StitchStats:
     """Dispatch tiles to Dask, blend the predictions and stream them to COGs.
 
     With a boundary class (and ``split.enabled``), building cores are labelled on the
-    fly and grown into ``regions.scratch.tif`` once the mask is complete.
+    fly and grown into ``regions.scratch.tif`` once the mask is complete. With a
+    ``state``, workers reuse the tiles a previous attempt finished and cache new ones.
     """
     info, grid = plan.info, plan.grid
     sink, seeds = _sinks(plan=plan, model=model, config=config, workdir=workdir)
@@ -176,17 +231,23 @@ def infer_and_stitch(
         grid=grid, sink=TeeSink(sinks), threshold=float(model.description["threshold"]),
         channels=sink.channels,
     )  # fmt: skip
-    counts = {"inferred": 0, "skipped": 0}
+    counts = {"inferred": 0, "skipped": 0, "reused": 0}
+    if state is not None:
+        state.start(tiles_total=len(grid))
 
     def on_batch(batch: BatchResult) -> None:
         for r in batch.results:
             stitcher.add(r.tile, r.probability, r.valid())
         for t in batch.skipped:
             stitcher.mark_done(t)
-        counts["inferred"] += len(batch.results)
+        reused = sum(r.reused for r in batch.results)
+        counts["reused"] += reused
+        counts["inferred"] += len(batch.results) - reused
         counts["skipped"] += len(batch.skipped)
+        if state is not None:
+            state.record_tiles([r.tile.index for r in batch.results] + [t.index for t in batch.skipped])
         if progress is not None:
-            progress(counts["inferred"] + counts["skipped"], len(grid))
+            progress(sum(counts.values()), len(grid))
 
     dc, tc = config.dask, config.tiling
     try:
@@ -200,6 +261,7 @@ def infer_and_stitch(
                 max_in_flight=dc.max_batches_in_flight,
                 on_batch=on_batch,
                 scale=plan.scale,
+                cache=state.cache if state is not None else None,
             )
         sink.finish()
         if seeds is not None:
@@ -213,7 +275,11 @@ def infer_and_stitch(
         sink.close()
         if seeds is not None:
             seeds.close()
-    return StitchStats(len(grid), counts["inferred"], counts["skipped"], n_batches, stitcher.peak_rows)
+    if state is not None:
+        state.record_stage("infer_stitch")
+    return StitchStats(
+        len(grid), counts["inferred"], counts["skipped"], n_batches, stitcher.peak_rows, counts["reused"]
+    )
 
 
 def splits(model: ModelChoice, config: PipelineConfig) -> bool:
@@ -223,6 +289,7 @@ def splits(model: ModelChoice, config: PipelineConfig) -> bool:
 
 @contextmanager
 def _client(client: Any | None, config: PipelineConfig) -> Iterator[Any]:
+    client = client or active_client()
     if client is not None:
         yield client
         return
@@ -261,10 +328,16 @@ def vectorize_stage(
     )
 
 
-def write_vectors_stage(*, buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path) -> None:
-    """``buildings.gpkg`` in the scene CRS and RFC 7946 ``buildings.geojson``."""
+def write_vectors_stage(
+    *, buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path, timestamp: str | None = None
+) -> None:
+    """``buildings.gpkg`` in the scene CRS and RFC 7946 ``buildings.geojson``.
+
+    ``timestamp`` is the date stamped into the GeoPackage (the input's last-modified time,
+    so that outputs depend on the inputs only); None stamps the current time.
+    """
     frame = buildings_frame(buildings, scene=plan.scene, model_id=str(model.description["id"]))
-    write_vector(frame, workdir / "buildings.gpkg", driver="GPKG")
+    write_vector(frame, workdir / "buildings.gpkg", driver="GPKG", timestamp=timestamp)
     write_vector(frame.to_crs(4326), workdir / "buildings.geojson", driver="GeoJSON")
 
 
@@ -280,21 +353,23 @@ def package_versions() -> dict[str, str]:
 
 def run_record(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
-    n_buildings: int, seconds: dict[str, float],
+    n_buildings: int, seconds: dict[str, float], target: SceneTarget, run_key: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     info = plan.info
-    checksum = file_sha256(info.path) if os.path.exists(info.path) else None
     return {
         "scene": plan.scene,
-        "input": {"path": info.path, "sha256": checksum, "crs": info.crs.to_string(),
-                  "height": info.height, "width": info.width, "bands": list(info.bands)},
+        "run_key": run_key,
+        "input": {"url": target.input.url, "path": info.path, **target.input_identity,
+                  "crs": info.crs.to_string(), "height": info.height, "width": info.width,
+                  "bands": list(info.bands)},
         "config": config.model_dump(mode="json"),
         "model": model.description,
         "grid": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
                  "shape": list(plan.grid.shape), "input_gsd_m": round(plan.gsd_m, 4),
                  "scale_to_model": round(plan.scale, 4)},
         "counts": {"tiles": stats.tiles, "tiles_inferred": stats.tiles_inferred,
-                   "tiles_skipped": stats.tiles_skipped, "batches": stats.batches,
+                   "tiles_skipped": stats.tiles_skipped, "tiles_reused": stats.tiles_reused,
+                   "batches": stats.batches,
                    "buildings": n_buildings},
         "seconds": seconds,
         "versions": package_versions(),
@@ -303,22 +378,33 @@ def run_record(
 
 def publish_scene(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
-    n_buildings: int, seconds: dict[str, float], workdir: Path, out_dir: Path,
+    n_buildings: int, seconds: dict[str, float], workdir: Path, target: SceneTarget,
+    state: SceneState | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Write ``run.json`` and rename the five staged outputs into ``out_dir``."""
+    """Write ``run.json`` and move the five staged outputs to the target, ``run.json`` last.
+
+    Locally each file is renamed into place; on S3 each is one upload, visible only
+    once complete. Then the restart manifest is marked complete.
+    """
     record = run_record(
-        plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds
-    )
+        plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds,
+        target=target, run_key=state.key if state is not None else None,
+    )  # fmt: skip
     write_json_atomic(workdir / "run.json", record)
+    outputs = {}
     for name in OUTPUT_NAMES:
-        publish(workdir / name, out_dir / name)
+        upload(workdir / name, dest := target.out.child(name))
+        outputs[name] = dest.url
+    if state is not None:
+        state.finish(outputs=outputs, keep_tiles=config.restart.keep_tiles)
     return record
 
 
 @dataclass(frozen=True)
 class SceneResult:
-    out_dir: Path
+    out_dir: Path | str
     record: dict[str, Any]
+    skipped: bool = False
 
 
 def segment_scene(
@@ -329,23 +415,42 @@ def segment_scene(
     model_path: str | None = None,
     progress: ProgressFn | None = None,
     client: Any | None = None,
+    force: bool = False,
 ) -> SceneResult:
-    """Run the whole job for one scene and publish the five outputs into ``out_dir``."""
+    """Run the whole job for one scene and publish the five outputs into ``out_dir``.
+
+    ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
+    A rerun resumes from the tiles a crashed attempt finished, and a scene already
+    published under the same input, model and config is not run again (unless ``force``).
+    """
     timer = StageTimer()
     with timer.stage("plan"):
         model = choose_model(model_path=model_path, config=config)
+        target = SceneTarget.resolve(input_url=input_path, out_url=out_dir)
+        state = open_state(target=target, model=model, config=config, force=force)
+        if (done := finished_record(state=state, target=target)) is not None:
+            return SceneResult(out_dir=_display(target.out), record=done, skipped=True)
         plan = plan_scene(input_path=input_path, config=config, model_gsd_m=model.description.get("gsd_m"))
-    with staging_dir(out_dir) as work:
+    with target.staging() as work:
         with timer.stage("infer_stitch"):
             stats = infer_and_stitch(
-                plan=plan, model=model, config=config, workdir=work, progress=progress, client=client
-            )
+                plan=plan, model=model, config=config, workdir=work, progress=progress, client=client,
+                state=state,
+            )  # fmt: skip
         with timer.stage("vectorize"):
             buildings = vectorize_stage(plan=plan, model=model, config=config, workdir=work)
+        if state is not None:
+            state.record_stage("vectorize")
         with timer.stage("write_vectors"):
-            write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=work)
+            write_vectors_stage(
+                buildings=buildings, plan=plan, model=model, workdir=work, timestamp=target.input_modified
+            )
         record = publish_scene(
             plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
-            seconds=timer.seconds, workdir=work, out_dir=Path(out_dir),
+            seconds=timer.seconds, workdir=work, target=target, state=state,
         )  # fmt: skip
-    return SceneResult(out_dir=Path(out_dir), record=record)
+    return SceneResult(out_dir=_display(target.out), record=record)
+
+
+def _display(location: Location) -> Path | str:
+    return Path(location.path) if location.is_local else location.url

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +35,46 @@ BLOCK = 512
 GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "2"}
 
 
+STAGING_PREFIX = ".footprints-tmp-"
+
+
+def sweep_stale_staging(out: Path) -> list[Path]:
+    """Remove staging folders left in ``out`` by runs that were killed (their PID is gone)."""
+    removed = []
+    for path in out.glob(f"{STAGING_PREFIX}*"):
+        pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
-def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """A hidden scratch folder inside ``out_dir``, removed afterwards whatever happens."""
+def staging_dir(out_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """A hidden scratch folder inside ``out_dir`` (or a local temporary folder when
+    ``out_dir`` is None, for remote outputs), removed afterwards whatever happens."""
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="footprints-") as tmpdir:
+            yield Path(tmpdir)
+        return
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder ({exc}); choose a writable --out") from exc
-    tmp = Path(tempfile.mkdtemp(prefix=".footprints-tmp-", dir=out))
+    sweep_stale_staging(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
         yield tmp
     finally:
@@ -179,10 +211,36 @@ def to_cog(src: Path, dst: Path, *, resampling: str) -> None:
 GEOJSON_OPTIONS = {"RFC7946": "YES", "COORDINATE_PRECISION": 7, "WRITE_BBOX": "NO"}
 
 
-def write_vector(frame: Any, path: Path, *, driver: str, layer: str = "buildings") -> None:
+_GDAL_OPTIONS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _current_date(timestamp: str | None) -> Iterator[None]:
+    """Pin the date GDAL stamps into a GeoPackage (``gpkg_contents.last_change``).
+
+    With it, a rerun of the same scene writes a byte-identical ``buildings.gpkg``.
+    GDAL config options are process-wide, hence the lock.
+    """
+    if timestamp is None:
+        yield
+        return
+    import pyogrio
+
+    with _GDAL_OPTIONS_LOCK:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+        try:
+            yield
+        finally:
+            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
+
+
+def write_vector(
+    frame: Any, path: Path, *, driver: str, layer: str = "buildings", timestamp: str | None = None
+) -> None:
     """Write a GeoDataFrame (GeoJSON per RFC 7946, GPKG or GeoParquet) atomically.
 
     The file is written under a temporary name next to ``path`` and renamed into place.
+    ``timestamp`` (ISO 8601) replaces the current date that GeoPackages record.
     """
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -193,7 +251,8 @@ def write_vector(frame: Any, path: Path, *, driver: str, layer: str = "buildings
         elif driver == "GeoJSON":
             frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio", **GEOJSON_OPTIONS)
         else:
-            frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio")
+            with _current_date(timestamp):
+                frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio")
         os.replace(tmp, path)
     except ImportError as exc:
         raise OutputError(f"{path}: writing {driver} needs {exc.name}; `pip install pyarrow`") from exc

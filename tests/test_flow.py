@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +13,6 @@ import rasterio
 from tests.conftest import coordinate_image, write_tif
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_segment_scene_flow_on_two_workers(prefect_harness: None, tmp_path: Path) -> None:
@@ -63,3 +52,34 @@ def test_segment_scene_flow_on_two_workers(prefect_harness: None, tmp_path: Path
         np.testing.assert_array_equal(valid, s.dataset_mask() > 0)
         prob = ds.read(1)
         assert prob[valid].std() > 0
+
+
+def test_tasks_retry_transient_io_errors_only(prefect_harness: None) -> None:
+    from prefect import flow, task
+
+    from flows.common import retry_transient
+    from pipeline.errors import InputNotFoundError
+
+    calls = {"flaky": 0, "missing": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ConnectionResetError("connection reset by peer")
+        return "ok"
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def missing() -> None:
+        calls["missing"] += 1
+        raise InputNotFoundError("s3://b/x.tif: object not found")
+
+    @flow
+    def both() -> str:
+        result = flaky()
+        with contextlib.suppress(InputNotFoundError):
+            missing()
+        return result
+
+    assert both() == "ok"
+    assert calls == {"flaky": 3, "missing": 1}  # transient: retried until it worked; permanent: once

@@ -1,0 +1,104 @@
+"""A bucket of scenes: list them, give each an output folder, and keep a manifest.
+
+``segment-bucket`` lists the scenes under ``input_url`` (a local folder, ``file://``
+or ``s3://bucket/prefix``), writes each one's outputs under
+``output_url/<scene-stem>/`` and keeps ``output_url/manifest.json``: for every scene
+its input, its outputs, its counts and its status (``done``, ``up-to-date`` or
+``failed`` with the error). The manifest is rewritten whole after every scene.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.errors import InputNotFoundError
+from pipeline.scene import OUTPUT_NAMES
+from pipeline.storage import Location, list_scenes, parse_location, redact, write_json
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SceneJob:
+    """One scene of a bucket: where it is read from and where its outputs go."""
+
+    scene: str
+    input_url: str
+    output_url: str
+
+
+def plan_bucket(*, input_url: str, output_url: str, pattern: str = "*.tif") -> list[SceneJob]:
+    """One job per scene under ``input_url`` matching ``pattern``, in name order."""
+    out = parse_location(output_url)
+    scenes = list_scenes(input_url, pattern=pattern)
+    if not scenes:
+        raise InputNotFoundError(
+            f"{redact(input_url)}: no scene matches pattern {pattern!r}; check input_url and pattern"
+        )
+    stems = [s.stem for s in scenes]
+    if len(set(stems)) != len(stems):
+        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        raise InputNotFoundError(
+            f"{redact(input_url)}: scenes {dupes} share a stem and would share an output folder; "
+            "narrow the pattern"
+        )
+    return [SceneJob(scene=s.stem, input_url=s.url, output_url=out.child(s.stem).url) for s in scenes]
+
+
+def scene_entry(
+    job: SceneJob, *, record: dict[str, Any] | None, error: BaseException | None
+) -> dict[str, Any]:
+    """A manifest entry for a finished (or failed) scene."""
+    entry: dict[str, Any] = {"scene": job.scene, "input": job.input_url, "output": job.output_url}
+    if error is not None:
+        return {**entry, "status": "failed", "error": redact(f"{type(error).__name__}: {error}")}
+    assert record is not None
+    out = parse_location(job.output_url)
+    return {
+        **entry,
+        "status": "up-to-date" if record.get("skipped") else "done",
+        "outputs": {name: out.child(name).url for name in OUTPUT_NAMES},
+        "counts": record.get("counts", {}),
+        "run_key": record.get("run_key"),
+    }
+
+
+@dataclass
+class BucketManifest:
+    """``output_url/manifest.json``, rewritten whole (atomically) as scenes finish."""
+
+    input_url: str
+    output_url: str
+    pattern: str
+    jobs: list[SceneJob]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def location(self) -> Location:
+        return parse_location(self.output_url).child(MANIFEST)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.entries[entry["scene"]] = entry
+            self.write()
+
+    def write(self) -> None:
+        scenes = [self.entries.get(j.scene, {"scene": j.scene, "input": j.input_url, "status": "pending"})
+                  for j in self.jobs]  # fmt: skip
+        statuses = [s["status"] for s in scenes]
+        payload = {
+            "input_url": redact(self.input_url), "output_url": redact(self.output_url),
+            "pattern": self.pattern,
+            "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "summary": {k: statuses.count(k) for k in ("done", "up-to-date", "failed", "pending")},
+            "scenes": scenes,
+        }  # fmt: skip
+        write_json(self.location, payload)
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, e in self.entries.items() if e["status"] == "failed"]
