@@ -57,11 +57,14 @@ def scene_entry(
         return {**entry, "status": "failed", "error": redact(f"{type(error).__name__}: {error}")}
     assert record is not None
     out = parse_location(job.output_url)
+    counts = record.get("counts", {})
+    skipped = bool(record.get("skipped"))
     return {
         **entry,
-        "status": "up-to-date" if record.get("skipped") else "done",
+        "status": "up-to-date" if skipped else "done",
         "outputs": {name: out.child(name).url for name in OUTPUT_NAMES},
-        "counts": record.get("counts", {}),
+        "counts": counts,  # of the run that produced the outputs (see run.json)
+        "tiles_inferred_now": 0 if skipped else int(counts.get("tiles_inferred", 0)),
         "run_key": record.get("run_key"),
     }
 
@@ -95,6 +98,7 @@ class BucketManifest:
             "pattern": self.pattern,
             "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "summary": {k: statuses.count(k) for k in ("done", "up-to-date", "failed", "pending")},
+            "tiles_inferred_now": sum(int(s.get("tiles_inferred_now", 0)) for s in scenes),
             "scenes": scenes,
         }  # fmt: skip
         write_json(self.location, payload)

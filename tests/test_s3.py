@@ -127,6 +127,7 @@ def test_bucket_flow_reads_through_vsis3_and_writes_back(
     assert again["failed"] == []
     manifest = json.loads(fs.cat("footprints/buildings/manifest.json"))
     assert manifest["summary"]["up-to-date"] == 2  # a finished bucket does no inference at all
+    assert manifest["tiles_inferred_now"] == 0
 
 
 def test_cli_segments_an_s3_scene_into_s3(s3: dict[str, Any], tmp_path: Path) -> None:
