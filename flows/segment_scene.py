@@ -27,7 +27,7 @@ from pipeline.scene import (
     finished_record,
     infer_and_stitch,
     open_state,
-    plan_scene,
+    plan_for,
     publish_scene,
     vectorize_stage,
     write_vectors_stage,
@@ -53,7 +53,7 @@ def resolve_task(input_url: str, out_url: str) -> SceneTarget:
 
 @task(name="plan", **IO_TASK)
 def plan_task(input_url: str, config: PipelineConfig, model: ModelChoice) -> ScenePlan:
-    return plan_scene(input_path=input_url, config=config, model_gsd_m=model.description.get("gsd_m"))
+    return plan_for(model, input_path=input_url, config=config)
 
 
 @task(name="infer-stitch", **IO_TASK)

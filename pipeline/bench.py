@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.config import PipelineConfig
 from pipeline.dispatch import PLUGIN_NAME, ModelPlugin, connect
 from pipeline.read import read_tile
-from pipeline.scene import choose_model, plan_scene, segment_scene
+from pipeline.scene import choose_model, plan_for, segment_scene
 
 
 def peak_rss_mb() -> dict[str, float]:
@@ -33,7 +33,7 @@ def run_bench(
     that start-up is reported on its own.
     """
     model = choose_model(model_path=model_path, config=config)
-    plan = plan_scene(input_path=input_path, config=config, model_gsd_m=model.description.get("gsd_m"))
+    plan = plan_for(model, input_path=input_path, config=config)
     tiles = list(plan.grid)
     sample = [read_tile(plan.info, t)[0] for t in tiles[:max_tiles]]
     bs = config.tiling.batch_size

@@ -31,6 +31,7 @@ class TilingConfig(_Section):
     overlap: int = Field(64, ge=0, description="Overlap between neighbouring tiles in pixels.")
     batch_size: int = Field(2, ge=1, description="Tiles per Dask task (raise it on GPUs).")
     align_to_blocks: bool = Field(True, description="Start tiles on the file's block grid.")
+    align_to_model: bool = Field(True, description="Start tiles on the model's output-stride lattice.")
 
     @field_validator("overlap")
     @classmethod

@@ -98,7 +98,7 @@ def predict_batch(
             kept.append(tile)
     results: list[TileResult] = []
     if kept:
-        prob = cached_segmenter(source).predict(np.stack(pixels), scale=scale)
+        prob = _predict_by_shape(cached_segmenter(source), pixels, scale=scale)
         for tile, p, valid in zip(kept, prob, valids, strict=True):
             packed = None if valid.all() else np.packbits(valid.ravel())
             results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
@@ -108,6 +108,21 @@ def predict_batch(
         for t in skipped:
             cache.save_skipped(t)
     return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
+
+
+def _predict_by_shape(
+    segmenter: Any, pixels: list[NDArray[np.uint8]], *, scale: float
+) -> list[NDArray[np.uint8]]:
+    """Predict tiles in one stack per shape (the last row and column of a grid on the
+    model's lattice may be a little smaller), returning them in the given order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, px in enumerate(pixels):
+        groups.setdefault(px.shape, []).append(i)
+    out: list[NDArray[np.uint8]] = [np.empty(0, np.uint8)] * len(pixels)
+    for idx in groups.values():
+        for i, p in zip(idx, segmenter.predict(np.stack([pixels[i] for i in idx]), scale=scale), strict=True):
+            out[i] = p
+    return out
 
 
 def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:

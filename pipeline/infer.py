@@ -157,6 +157,7 @@ class CheckpointSource:
             "trained": True,
             "threshold": float(meta.get("threshold", 0.5)),
             "gsd_m": meta.get("gsd_m"),
+            "output_stride": meta.get("output_stride"),
             "classes": list(meta.get("classes", ["building"])),
         }
 
@@ -203,6 +204,7 @@ class UntrainedSource:
             "trained": False,
             "threshold": 0.5,
             "gsd_m": None,
+            "output_stride": self.output_stride,
             "classes": ["building", "boundary"],
         }
 

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.config import PipelineConfig, default_checkpoint, outline_options
 from pipeline.dispatch import BatchResult, active_client, connect, run_batches
 from pipeline.geo import pixel_size_m
-from pipeline.grid import TileGrid
+from pipeline.grid import TileGrid, lattice_step
 from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
 from pipeline.read import RasterInfo, open_raster
 from pipeline.regions import SeedSink
@@ -142,11 +142,20 @@ def finished_record(*, state: SceneState | None, target: SceneTarget) -> dict[st
     return record
 
 
-def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | None = None) -> ScenePlan:
+def plan_scene(
+    *,
+    input_path: str,
+    config: PipelineConfig,
+    model_gsd_m: float | None = None,
+    model_stride: int | None = None,
+) -> ScenePlan:
     """Open and validate the input, and lay the tile grid over it.
 
     When the model was trained at ``model_gsd_m``, tiles are sized in input pixels so
     that, resampled to the model's GSD, they are ``tiling.tile_size`` pixels across.
+    With the model's output stride, tiles start on its lattice (see
+    :func:`pipeline.grid.lattice_step`), so that every tile computes on the same
+    lattice as a prediction of the whole scene would.
     """
     ic = config.input
     info = open_raster(
@@ -166,8 +175,20 @@ def plan_scene(*, input_path: str, config: PipelineConfig, model_gsd_m: float | 
         tile_size=(tile := max(16, round(tc.tile_size / scale))),
         overlap=min(round(tc.overlap / scale), tile // 2),
         block_shape=info.block_shape if tc.align_to_blocks else None,
+        lattice=lattice_step(scale, model_stride) if model_stride and tc.align_to_model else 1.0,
     )
     return ScenePlan(info=info, grid=grid, scene=scene_id(input_path), gsd_m=gsd, scale=scale)
+
+
+def plan_for(model: ModelChoice, *, input_path: str, config: PipelineConfig) -> ScenePlan:
+    """:func:`plan_scene` for ``model``: its training GSD and its output stride."""
+    desc = model.description
+    return plan_scene(
+        input_path=input_path,
+        config=config,
+        model_gsd_m=desc.get("gsd_m"),
+        model_stride=desc.get("output_stride"),
+    )
 
 
 def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoice:
@@ -430,7 +451,7 @@ def segment_scene(
         state = open_state(target=target, model=model, config=config, force=force)
         if (done := finished_record(state=state, target=target)) is not None:
             return SceneResult(out_dir=_display(target.out), record=done, skipped=True)
-        plan = plan_scene(input_path=input_path, config=config, model_gsd_m=model.description.get("gsd_m"))
+        plan = plan_for(model, input_path=input_path, config=config)
     with target.staging() as work:
         with timer.stage("infer_stitch"):
             stats = infer_and_stitch(

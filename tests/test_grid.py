@@ -4,25 +4,62 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.grid import TileGrid, blend_profile, tile_weights
+from pipeline.grid import TileGrid, blend_profile, lattice_step, tile_weights
 
 
 @pytest.mark.parametrize("shape", [(1000, 1000), (513, 1537), (100, 700), (37, 41), (2000, 3000)])
 @pytest.mark.parametrize(("tile", "overlap"), [(128, 16), (256, 32), (384, 32), (512, 64)])
-def test_tiles_cover_raster_and_stay_inside(shape: tuple[int, int], tile: int, overlap: int) -> None:
-    grid = TileGrid(height=shape[0], width=shape[1], tile_size=tile, overlap=overlap)
+@pytest.mark.parametrize("lattice", [1.0, 16.0, 80 / 3, 80.0])
+def test_tiles_cover_raster_and_stay_inside(
+    shape: tuple[int, int], tile: int, overlap: int, lattice: float
+) -> None:
+    grid = TileGrid(height=shape[0], width=shape[1], tile_size=tile, overlap=overlap, lattice=lattice)
     cover = np.zeros(shape, dtype=np.int32)
     weight = np.zeros(shape, dtype=np.float64)
+    on_lattice = {round(k * lattice) for k in range(0, 3001)}
     for t in grid:
         assert t.row_off >= 0 and t.row_end <= shape[0]
         assert t.col_off >= 0 and t.col_end <= shape[1]
-        assert (t.height, t.width) == (min(tile, shape[0]), min(tile, shape[1]))
+        assert t.row_off in on_lattice and t.col_off in on_lattice
+        for size, length, last in ((t.height, shape[0], t.bottom), (t.width, shape[1], t.right)):
+            if length <= tile:
+                assert size == length
+            elif last:  # the last tile starts on the lattice and ends on the border
+                assert tile - max(lattice, 1) < size <= tile
+            else:
+                assert size == tile
         cover[t.row_off : t.row_end, t.col_off : t.col_end] += 1
         weight[t.row_off : t.row_end, t.col_off : t.col_end] += tile_weights(t, overlap=grid.overlap)
     assert cover.min() >= 1
     # every pixel, border pixels included, ends up with a strictly positive total weight
     assert weight.min() > 0.05
     assert len(grid) == grid.shape[0] * grid.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("scale", "stride", "step"),
+    [(1.0, 16, 16.0), (0.6, 16, 80 / 3), (0.154, 16, 104.0), (2.0, 8, 4.0), (0.9852, 16, 16 / 0.9852)],
+)
+def test_lattice_step_is_one_output_stride_cell(scale: float, stride: int, step: float) -> None:
+    assert lattice_step(scale, stride) == pytest.approx(step)
+    assert step * scale == pytest.approx(stride, abs=0.02)
+
+
+def test_lattice_offsets_stay_within_half_a_pixel_of_the_cells() -> None:
+    step = lattice_step(0.6, 16)
+    grid = TileGrid(height=8192, width=8192, tile_size=853, overlap=107, lattice=step)
+    for off in grid.col_offsets:
+        cells = off * 0.6 / 16
+        assert abs(cells - round(cells)) * 16 <= 0.5 * 0.6 + 1e-9  # model px off the lattice
+    assert grid.shape == (11, 11)  # stride 746 ≈ 28 cells (746.7 px): no extra tile
+
+
+def test_demo_grid_starts_every_tile_on_the_model_lattice() -> None:
+    # the demo scene: 1000 px at 0.3 m, model at 0.5 m (scale 0.6), tiles of 512 model px
+    grid = TileGrid(height=1000, width=1000, tile_size=853, overlap=107, lattice=lattice_step(0.6, 16))
+    assert grid.col_spans == [(0, 853), (160, 840)]  # 160 input px = 96 model px = 6 cells of 16
+    unaligned = TileGrid(height=1000, width=1000, tile_size=853, overlap=107)
+    assert unaligned.col_spans == [(0, 853), (147, 853)]  # 88.2 model px: off the lattice
 
 
 def test_border_pixels_have_full_weight() -> None:

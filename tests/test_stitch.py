@@ -42,10 +42,10 @@ class MemorySink:
 
 
 def stitch_file(
-    path: Path, *, tile: int, overlap: int, order: str = "row-major"
+    path: Path, *, tile: int, overlap: int, order: str = "row-major", lattice: float = 1.0
 ) -> tuple[MemorySink, Stitcher]:
     info = open_raster(path)
-    grid = TileGrid(height=info.height, width=info.width, tile_size=tile, overlap=overlap)
+    grid = TileGrid(height=info.height, width=info.width, tile_size=tile, overlap=overlap, lattice=lattice)
     sink = MemorySink(info.height, info.width)
     stitcher = Stitcher(grid=grid, sink=sink, threshold=0.5)
     tiles = list(grid)
@@ -65,9 +65,12 @@ def stitch_file(
 @pytest.mark.parametrize("tile", [128, 256, 384])
 @pytest.mark.parametrize("overlap", [16, 32])
 @pytest.mark.parametrize("shape", [(700, 900), (257, 1031), (1000, 383)])
-def test_stitched_equals_untiled(make_tif: Any, tile: int, overlap: int, shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("lattice", [1.0, 80.0])
+def test_stitched_equals_untiled(
+    make_tif: Any, tile: int, overlap: int, shape: tuple[int, int], lattice: float
+) -> None:
     image = coordinate_image(*shape)
-    sink, _ = stitch_file(make_tif(image), tile=tile, overlap=overlap)
+    sink, _ = stitch_file(make_tif(image), tile=tile, overlap=overlap, lattice=lattice)
     expected = box3x3(image)
     np.testing.assert_array_equal(sink.probability, expected)
     np.testing.assert_array_equal(sink.mask, (expected >= 128).astype(np.uint8))
