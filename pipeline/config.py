@@ -29,7 +29,7 @@ class _Section(BaseModel):
 class TilingConfig(_Section):
     tile_size: int = Field(512, ge=16, description="Tile side in pixels (model input).")
     overlap: int = Field(64, ge=0, description="Overlap between neighbouring tiles in pixels.")
-    batch_size: int = Field(2, ge=1, description="Tiles per Dask task (raise it on GPUs).")
+    batch_size: int = Field(1, ge=1, description="Tiles per Dask task (raise it on GPUs).")
     align_to_blocks: bool = Field(True, description="Start tiles on the file's block grid.")
     align_to_model: bool = Field(True, description="Start tiles on the model's output-stride lattice.")
 

@@ -1,6 +1,6 @@
 """Peak RSS of `footprints segment` on a generated large RGB GeoTIFF.
 
-    python scripts/peak_rss.py --size 8192 [--source SCENE.tif] [--workdir DIR]
+    python scripts/peak_rss.py --size 8192 [--source SCENE.tif] [--workdir DIR] [--config FILE]
 
 The scene is the source image (default: the Inria demo scene) repeated, mirrored
 alternately so that seams look natural, over SIZE x SIZE pixels, written block by block.
@@ -53,13 +53,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8192)
     ap.add_argument("--source", type=Path, default=DEMO)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--config", type=Path, default=None, help="pipeline YAML passed to segment")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="footprints-rss-"))
     work.mkdir(parents=True, exist_ok=True)
     scene = work / f"mosaic{args.size}.tif"
     if not scene.exists():
         write_mosaic(args.source, scene, args.size)
-    cmd = [sys.executable, "-m", "pipeline.cli", "segment", str(scene), "--out", str(work / "out")]
+    cmd = [sys.executable, "-m", "pipeline.cli", "segment", str(scene), "--out", str(work / "out"), "--force"]
+    if args.config is not None:
+        cmd += ["--config", str(args.config)]
     t0 = time.perf_counter()
     rc, peak, err = run_with_peak_rss(cmd, timeout=3600)
     wall = time.perf_counter() - t0
