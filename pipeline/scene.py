@@ -229,6 +229,31 @@ def _sinks(
     return sink, seeds
 
 
+@dataclass
+class _BatchFeeder:
+    """Feeds finished batches to the stitcher, counts tiles and records them in ``state``."""
+
+    stitcher: Stitcher
+    total: int
+    state: SceneState | None = None
+    progress: ProgressFn | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"inferred": 0, "skipped": 0, "reused": 0})
+
+    def __call__(self, batch: BatchResult) -> None:
+        for r in batch.results:
+            self.stitcher.add(r.tile, r.probability, r.valid())
+        for t in batch.skipped:
+            self.stitcher.mark_done(t)
+        reused = sum(r.reused for r in batch.results)
+        self.counts["reused"] += reused
+        self.counts["inferred"] += len(batch.results) - reused
+        self.counts["skipped"] += len(batch.skipped)
+        if self.state is not None:
+            self.state.record_tiles([r.tile.index for r in batch.results] + [t.index for t in batch.skipped])
+        if self.progress is not None:
+            self.progress(sum(self.counts.values()), self.total)
+
+
 def infer_and_stitch(
     *,
     plan: ScenePlan,
@@ -245,45 +270,23 @@ def infer_and_stitch(
     fly and grown into ``regions.scratch.tif`` once the mask is complete. With a
     ``state``, workers reuse the tiles a previous attempt finished and cache new ones.
     """
-    info, grid = plan.info, plan.grid
+    grid = plan.grid
     sink, seeds = _sinks(plan=plan, model=model, config=config, workdir=workdir)
     sinks: tuple[RowSink, ...] = (sink,) if seeds is None else (sink, seeds)
     stitcher = Stitcher(
         grid=grid, sink=TeeSink(sinks), threshold=float(model.description["threshold"]),
         channels=sink.channels,
     )  # fmt: skip
-    counts = {"inferred": 0, "skipped": 0, "reused": 0}
+    feed = _BatchFeeder(stitcher=stitcher, total=len(grid), state=state, progress=progress)
     if state is not None:
         state.start(tiles_total=len(grid))
-
-    def on_batch(batch: BatchResult) -> None:
-        for r in batch.results:
-            stitcher.add(r.tile, r.probability, r.valid())
-        for t in batch.skipped:
-            stitcher.mark_done(t)
-        reused = sum(r.reused for r in batch.results)
-        counts["reused"] += reused
-        counts["inferred"] += len(batch.results) - reused
-        counts["skipped"] += len(batch.skipped)
-        if state is not None:
-            state.record_tiles([r.tile.index for r in batch.results] + [t.index for t in batch.skipped])
-        if progress is not None:
-            progress(sum(counts.values()), len(grid))
-
-    dc, tc = config.dask, config.tiling
     try:
         with _client(client, config) as c:
             n_batches = run_batches(
-                c,
-                info=info,
-                grid=grid,
-                source=model.source,
-                batch_size=tc.batch_size,
-                max_in_flight=dc.max_batches_in_flight,
-                on_batch=on_batch,
-                scale=plan.scale,
+                c, info=plan.info, grid=grid, source=model.source, batch_size=config.tiling.batch_size,
+                max_in_flight=config.dask.max_batches_in_flight, on_batch=feed, scale=plan.scale,
                 cache=state.cache if state is not None else None,
-            )
+            )  # fmt: skip
         sink.finish()
         if seeds is not None:
             sc = config.split
@@ -298,9 +301,8 @@ def infer_and_stitch(
             seeds.close()
     if state is not None:
         state.record_stage("infer_stitch")
-    return StitchStats(
-        len(grid), counts["inferred"], counts["skipped"], n_batches, stitcher.peak_rows, counts["reused"]
-    )
+    n = feed.counts
+    return StitchStats(len(grid), n["inferred"], n["skipped"], n_batches, stitcher.peak_rows, n["reused"])
 
 
 def splits(model: ModelChoice, config: PipelineConfig) -> bool:
