@@ -94,8 +94,9 @@ def test_bucket_flow_reads_through_vsis3_and_writes_back(
     config = tmp_path / "small.yaml"
     config.write_text("tiling: {tile_size: 256, overlap: 32}\n")
     summary = segment_bucket_flow(
-        input_url="s3://imagery/scenes/", output_url="s3://footprints/buildings", config=str(config)
-    )
+        input_url="s3://imagery/scenes/", output_url="s3://footprints/buildings", config=str(config),
+        concurrency=2,  # both scenes at once, on one shared Dask cluster
+    )  # fmt: skip
     assert summary["scenes"] == 2 and summary["failed"] == []
     manifest = json.loads(fs.cat("footprints/buildings/manifest.json"))
     assert [s["scene"] for s in manifest["scenes"]] == ["austin", "rio55"]
