@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from pipeline.errors import InputNotFoundError, OutputError, StorageError
+from pipeline.errors import InputNotFoundError, NotARasterError, OutputError, StorageError
 
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -166,7 +166,8 @@ def filesystem(location: Location) -> Any:
     """The fsspec filesystem for ``location`` (s3fs honours the AWS variables)."""
     if location.is_local:
         return fsspec.filesystem("file")
-    options: dict[str, Any] = {}
+    # no listings cache: Dask workers and Prefect workers live long, and buckets change
+    options: dict[str, Any] = {"use_listings_cache": False}
     if url := endpoint_url():
         options["client_kwargs"] = {"endpoint_url": url}
     return fsspec.filesystem("s3", **options)
@@ -207,6 +208,11 @@ def identity(location: Location) -> dict[str, Any]:
 
         if not os.path.exists(location.path):
             raise InputNotFoundError(f"{location.path}: file not found; check the path")
+        if os.path.isdir(location.path):
+            raise NotARasterError(
+                f"{location.path}: is a folder, not a raster; pass one scene file "
+                "(the segment-bucket flow takes folders)"
+            )
         return {"sha256": file_sha256(location.path), "size": os.path.getsize(location.path)}
     fs = filesystem(location)
     try:

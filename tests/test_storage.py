@@ -80,16 +80,21 @@ def test_gdal_s3_options_follow_the_aws_endpoint() -> None:
 
 
 def test_configure_gdal_s3_keeps_explicit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.storage as storage
+
+    monkeypatch.setattr(storage, "_CONFIGURED", {})
+    for key in ("AWS_S3_ENDPOINT", "AWS_VIRTUAL_HOSTING", "AWS_ENDPOINT_URL_S3", *storage.GDAL_S3_DEFAULTS):
+        monkeypatch.setenv(key, "")  # records the original state, so the undo also removes
+        monkeypatch.delenv(key)  # whatever configure_gdal_s3 sets
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9999")
-    monkeypatch.delenv("AWS_S3_ENDPOINT", raising=False)
     monkeypatch.setenv("AWS_HTTPS", "YES")  # set by the user: must win
     configure_gdal_s3()
     assert os.environ["AWS_S3_ENDPOINT"] == "127.0.0.1:9999"
     assert os.environ["AWS_HTTPS"] == "YES"
+    assert os.environ["AWS_VIRTUAL_HOSTING"] == "FALSE"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9998")  # ours follow the endpoint
     configure_gdal_s3()
     assert os.environ["AWS_S3_ENDPOINT"] == "127.0.0.1:9998"
-    monkeypatch.delenv("AWS_S3_ENDPOINT")
 
 
 def test_redact_removes_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +131,19 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path: Path) -> None:
                 write_bytes_atomic(loc, b"x")
     finally:
         (tmp_path / "state").chmod(0o755)
+
+
+def test_identity_refuses_folders_and_missing_files(tmp_path: Path) -> None:
+    from pipeline.errors import NotARasterError
+    from pipeline.storage import identity
+
+    with pytest.raises(NotARasterError, match="is a folder, not a raster"):
+        identity(parse_location(str(tmp_path)))
+    with pytest.raises(InputNotFoundError, match="file not found"):
+        identity(parse_location(str(tmp_path / "none.tif")))
+    (tmp_path / "a.tif").write_bytes(b"abc")
+    got = identity(parse_location(str(tmp_path / "a.tif")))
+    assert got == {"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "size": 3}
 
 
 class EndpointConnectionError(Exception):  # named like botocore's
