@@ -73,8 +73,10 @@ def infer_task(
 
 
 @task(name="vectorize", cache_policy=NO_CACHE)
-def vectorize_task(plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path) -> Buildings:
-    return vectorize_stage(plan=plan, model=model, config=config, workdir=workdir)
+def vectorize_task(
+    plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path, state: SceneState | None
+) -> Buildings:
+    return vectorize_stage(plan=plan, model=model, config=config, workdir=workdir, state=state)
 
 
 @task(name="write-vectors", cache_policy=NO_CACHE)
@@ -125,10 +127,8 @@ def segment_scene_flow(
             stats.tiles_inferred, stats.tiles_reused, stats.tiles_skipped,
         )  # fmt: skip
         with timer.stage("vectorize"):
-            buildings = vectorize_task(plan, model, config, work)
+            buildings = vectorize_task(plan, model, config, work, state)
         logger.info("vectorize: %d buildings", len(buildings))
-        if state is not None:
-            state.record_stage("vectorize")
         with timer.stage("write_vectors"):
             write_task(buildings, plan, model, work, target.input_modified)
         record = publish_task(

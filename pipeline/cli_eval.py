@@ -17,7 +17,7 @@ from rich.table import Table
 
 from pipeline.console import friendly_errors
 from pipeline.errors import ConfigError
-from pipeline.write import write_json_atomic
+from pipeline.storage import write_json
 
 PredOpt = Annotated[
     list[Path],
@@ -95,7 +95,7 @@ def evaluate_command(
             pairs=list(zip(pred, truth, strict=True)), min_area_m2=min_area, truth_value=truth_value
         )
         if json_path is not None and json_path != "-":
-            write_json_atomic(Path(json_path), report)
+            write_json(Path(json_path), report)
     if json_path == "-":
         err.print(results_table(report))
         typer.echo(json.dumps(report, indent=2))
@@ -120,7 +120,7 @@ def validate_command(
             data=data, out_dir=out, config=load_config(config),
             model_path=str(model) if model else None, min_area_m2=min_area,
         )  # fmt: skip
-        write_json_atomic(out / "validation.json", report)
+        write_json(out / "validation.json", report)
     Console().print(results_table(report))
 
 

@@ -74,17 +74,19 @@ def predict_batch(
     source: ModelSource,
     scale: float = 1.0,
     cache: TileCache | None = None,
+    from_cache: bool = False,
 ) -> BatchResult:
     """Worker task: read the windows, skip all-nodata tiles, predict the rest.
 
-    With a ``cache``, a batch whose tiles are all cached is returned from it without
-    inference; otherwise the whole batch is inferred again and cached. Batches are
-    never split, because a model's output may depend on the batch by a rounding step,
-    and a resumed run must write the same bytes as an uninterrupted one.
+    With a ``cache``, inferred tiles are saved to it; with ``from_cache`` too (the
+    client's manifest says the whole batch finished before), the batch is loaded from
+    it instead, and inferred again only if a tile is missing. Batches are never split,
+    because a model's output may depend on the batch by a rounding step, and a resumed
+    run must write the same bytes as an uninterrupted one.
     ``scale`` (input GSD / model GSD) is applied by the segmenter, which returns the
     probabilities on the input grid.
     """
-    if cache is not None and (done := _from_cache(tiles, cache)) is not None:
+    if from_cache and cache is not None and (done := _from_cache(tiles, cache)) is not None:
         return done
     pixels, valids, kept, skipped = [], [], [], []
     with rasterio.open(info.path) as ds:
@@ -211,13 +213,16 @@ def run_batches(
     scale: float = 1.0,
     skip: frozenset[int] = frozenset(),
     cache: TileCache | None = None,
+    reuse: frozenset[int] = frozenset(),
 ) -> int:
     """Submit batches in row-major order and feed results to ``on_batch``.
 
     At most ``max_in_flight`` batches are submitted past the oldest unfinished one,
     so memory stays flat however large the raster is, even behind a straggler.
-    Tiles whose index is in ``skip`` are not submitted; tiles in ``cache`` are loaded
-    from it by the workers instead of inferred. Returns the batch count.
+    Tiles whose index is in ``skip`` are not submitted. Workers save inferred tiles to
+    ``cache``, and load a batch from it instead when all its tiles are in ``reuse``
+    (finished by an earlier attempt), so a fresh run never probes the cache. Returns
+    the batch count.
     """
     client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
     resources = {"GPU": 1} if workers_have_gpus(client) else None
@@ -230,8 +235,10 @@ def run_batches(
     def fill() -> None:
         nonlocal next_i
         while next_i < len(todo) and next_i < oldest + max_in_flight:
+            batch = todo[next_i]
+            from_cache = cache is not None and all(t.index in reuse for t in batch)
             fut = client.submit(
-                predict_batch, info, todo[next_i], source, scale, cache, resources=resources, pure=False
+                predict_batch, info, batch, source, scale, cache, from_cache, resources=resources, pure=False
             )
             pending[fut.key] = next_i
             ac.add(fut)  # type: ignore[no-untyped-call]

@@ -149,6 +149,11 @@ class SceneState:
     def tiles_done(self) -> int:
         return len(self._done)
 
+    @property
+    def finished_tiles(self) -> frozenset[int]:
+        """Indexes of the tiles recorded as finished so far (by this or earlier attempts)."""
+        return frozenset(self._done)
+
     def start(self, *, tiles_total: int) -> None:
         self.manifest["tiles_total"] = tiles_total
         self.manifest["attempts"] = int(self.manifest.get("attempts", 0)) + 1

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,18 @@ from pipeline.read import RasterInfo, open_raster
 from pipeline.regions import SeedSink
 from pipeline.restart import SceneState, config_digest, run_key
 from pipeline.stitch import RowSink, Stitcher, TeeSink
-from pipeline.storage import Location, gdal_path, identity, modified_time, parse_location, read_json, upload
+from pipeline.storage import (
+    Location,
+    gdal_path,
+    identity,
+    modified_time,
+    parse_location,
+    read_json,
+    upload,
+    write_json,
+)
 from pipeline.vectorize import Buildings, vectorize_scene
-from pipeline.write import CogSink, staging_dir, write_json_atomic, write_vector
+from pipeline.write import CogSink, staging_dir, write_vector
 
 OUTPUT_NAMES = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json")
 VERSIONED = (
@@ -110,7 +119,7 @@ class SceneTarget:
             input_modified=modified_time(src),
         )
 
-    def staging(self) -> Any:
+    def staging(self) -> AbstractContextManager[Path]:
         """Scratch space: hidden inside a local OUTDIR, a local temporary folder otherwise."""
         return staging_dir(self.out.path if self.out.is_local else None)
 
@@ -121,13 +130,11 @@ def open_state(
     """The scene's restart manifest (None when ``restart.enabled`` is off)."""
     if not config.restart.enabled:
         return None
-    model_sha = model.description.get("sha256")
-    key = run_key(
-        input_identity=target.input_identity, model_sha256=model_sha, config_sha256=config_digest(config)
-    )
+    model_sha, config_sha = model.description.get("sha256"), config_digest(config)
+    key = run_key(input_identity=target.input_identity, model_sha256=model_sha, config_sha256=config_sha)
     describe = {
         "input": {"url": target.input.url, **target.input_identity}, "output": target.out.url,
-        "model_sha256": model_sha, "config_sha256": config_digest(config),
+        "model_sha256": model_sha, "config_sha256": config_sha,
     }  # fmt: skip
     return SceneState.open(out=target.out, key=key, describe=describe, force=force)
 
@@ -286,6 +293,7 @@ def infer_and_stitch(
                 c, info=plan.info, grid=grid, source=model.source, batch_size=config.tiling.batch_size,
                 max_in_flight=config.dask.max_batches_in_flight, on_batch=feed, scale=plan.scale,
                 cache=state.cache if state is not None else None,
+                reuse=state.finished_tiles if state is not None else frozenset(),
             )  # fmt: skip
         sink.finish()
         if seeds is not None:
@@ -338,17 +346,25 @@ def buildings_frame(buildings: Buildings, *, scene: str, model_id: str) -> gpd.G
 
 
 def vectorize_stage(
-    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path
+    *,
+    plan: ScenePlan,
+    model: ModelChoice,
+    config: PipelineConfig,
+    workdir: Path,
+    state: SceneState | None = None,
 ) -> Buildings:
     """Block-wise polygons of the split regions (or of the mask when there is no split)."""
     regions = workdir / "regions.scratch.tif"
-    return vectorize_scene(
+    buildings = vectorize_scene(
         values_path=str(regions if regions.exists() else workdir / "mask.tif"),
         probability_path=str(workdir / "probability.tif"),
         scene=plan.scene,
         options=outline_options(config.vectorize),
         block_size=config.vectorize.block_size,
     )
+    if state is not None:
+        state.record_stage("vectorize")
+    return buildings
 
 
 def write_vectors_stage(
@@ -413,7 +429,7 @@ def publish_scene(
         plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds,
         target=target, run_key=state.key if state is not None else None,
     )  # fmt: skip
-    write_json_atomic(workdir / "run.json", record)
+    write_json(workdir / "run.json", record)
     outputs = {}
     for name in OUTPUT_NAMES:
         upload(workdir / name, dest := target.out.child(name))
@@ -461,9 +477,7 @@ def segment_scene(
                 state=state,
             )  # fmt: skip
         with timer.stage("vectorize"):
-            buildings = vectorize_stage(plan=plan, model=model, config=config, workdir=work)
-        if state is not None:
-            state.record_stage("vectorize")
+            buildings = vectorize_stage(plan=plan, model=model, config=config, workdir=work, state=state)
         with timer.stage("write_vectors"):
             write_vectors_stage(
                 buildings=buildings, plan=plan, model=model, workdir=work, timestamp=target.input_modified

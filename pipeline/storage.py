@@ -185,15 +185,14 @@ def list_scenes(input_url: str, *, pattern: str = "*.tif") -> list[Location]:
     root = parse_location(input_url)
     fs = filesystem(root)
     try:
-        if not fs.exists(root.path):
-            raise InputNotFoundError(
-                f"{root.url}: no such folder or prefix; check input_url (scenes are listed under it)"
-            )
-        entries = fs.ls(root.path, detail=True)
-    except InputNotFoundError:
-        raise
+        found = fs.exists(root.path)
+        entries = fs.ls(root.path, detail=True) if found else []
     except Exception as exc:
         raise _storage_error(root, "list scenes", exc) from exc
+    if not found:
+        raise InputNotFoundError(
+            f"{root.url}: no such folder or prefix; check input_url (scenes are listed under it)"
+        )
     names = sorted(
         str(e["name"]) for e in entries
         if e.get("type") != "directory" and fnmatch.fnmatch(str(e["name"]).rsplit("/", 1)[-1], pattern)
@@ -296,9 +295,11 @@ def _umask() -> int:
     return mask
 
 
-def write_json(location: Location, payload: dict[str, Any]) -> None:
+def write_json(location: Location | str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically (see :func:`write_bytes_atomic`)."""
+    target = location if isinstance(location, Location) else parse_location(location)
     text = json.dumps(payload, indent=2, default=str) + "\n"
-    write_bytes_atomic(location, text.encode())
+    write_bytes_atomic(target, text.encode())
 
 
 def read_bytes(location: Location) -> bytes | None:

@@ -10,7 +10,6 @@ interrupted run never leaves a partial file under a final name.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -79,24 +78,6 @@ def staging_dir(out_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish(staged: Path, final: Path) -> None:
-    """Rename a finished file into place (atomic on one filesystem)."""
-    os.replace(staged, final)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON under a temporary name next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc}); choose a writable path") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -125,15 +125,17 @@ def test_resume_reuses_finished_tiles_and_writes_identical_bytes(
     shutil.copytree(out, tmp_path / "reference")
 
     # Simulate a crash after the first batches: the manifest is still "running", the
-    # outputs are gone and the tiles of the later batches were never written.
+    # outputs are gone and the tiles of the later batches were never written. The
+    # manifest also claims two tiles whose files are missing: those are inferred again.
     state_dir = tmp_path / "out" / ".footprints-state" / "scene"
-    manifest = json.loads((state_dir / MANIFEST).read_text())
-    manifest["status"] = "running"
-    (state_dir / MANIFEST).write_text(json.dumps(manifest))
     shutil.rmtree(out)
     tile_files = sorted(next((state_dir / "tiles").iterdir()).iterdir(), key=lambda p: int(p.stem))
     for path in tile_files[5:]:
         path.unlink()
+    manifest = json.loads((state_dir / MANIFEST).read_text())
+    manifest["status"] = "running"
+    manifest["tiles_done"] = [int(p.stem) for p in tile_files[:7]]
+    (state_dir / MANIFEST).write_text(json.dumps(manifest))
 
     second = segment_scene(input_path=str(scene), out_dir=out, config=config, client=client)
     again = second.record["counts"]
@@ -173,3 +175,30 @@ def test_restart_disabled_keeps_no_state(scene: Path, tmp_path: Path, client: An
     result = segment_scene(input_path=str(scene), out_dir=out, config=cfg, client=client)
     assert result.record["run_key"] is None
     assert sorted(p.name for p in (tmp_path / "n").iterdir()) == ["scene"]
+
+
+def test_workers_read_the_cache_only_for_batches_recorded_as_finished(tmp_path: Path) -> None:
+    from pipeline.dispatch import predict_batch
+    from pipeline.read import open_raster
+    from tests.operators import Box3x3Source, box3x3
+
+    image = coordinate_image(200, 200)
+    info = open_raster(write_tif(tmp_path / "s.tif", image))
+    tiles = list(TileGrid(height=200, width=200, tile_size=128, overlap=16))[:2]
+    cache = TileCache(parse_location(str(tmp_path / "tiles")))
+    stale = np.full((1, 128, 128), 7, np.uint8)
+    for t in tiles:
+        cache.save(t, stale, None)
+    fresh = predict_batch(info, tiles, Box3x3Source(), cache=cache)  # not recorded: no cache read
+    assert not any(r.reused for r in fresh.results)
+    for r in fresh.results:
+        t = r.tile
+        np.testing.assert_array_equal(
+            r.probability[0], box3x3(image[:, t.row_off : t.row_end, t.col_off : t.col_end])
+        )
+        got = cache.load(r.tile)  # and the cache now holds what was inferred
+        assert isinstance(got, tuple) and np.array_equal(got[0], r.probability)
+    cache.save(tiles[0], stale, None)
+    reused = predict_batch(info, tiles, Box3x3Source(), cache=cache, from_cache=True)
+    assert all(r.reused for r in reused.results)
+    assert np.array_equal(reused.results[0].probability, stale)
