@@ -10,6 +10,7 @@ its input, its outputs, its counts and its status (``done``, ``up-to-date`` or
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,9 +39,8 @@ def plan_bucket(*, input_url: str, output_url: str, pattern: str = "*.tif") -> l
         raise InputNotFoundError(
             f"{redact(input_url)}: no scene matches pattern {pattern!r}; check input_url and pattern"
         )
-    stems = [s.stem for s in scenes]
-    if len(set(stems)) != len(stems):
-        dupes = sorted({s for s in stems if stems.count(s) > 1})
+    dupes = sorted(stem for stem, n in Counter(s.stem for s in scenes).items() if n > 1)
+    if dupes:
         raise InputNotFoundError(
             f"{redact(input_url)}: scenes {dupes} share a stem and would share an output folder; "
             "narrow the pattern"

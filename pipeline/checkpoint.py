@@ -41,6 +41,7 @@ from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
 from pipeline.errors import CheckpointError, ConfigError, ModelError
 from pipeline.files import METADATA_KEY, file_sha256, read_checkpoint_metadata
 from pipeline.model import DeepLabV3, ModelSpec, build_model
+from pipeline.storage import FILE_MODE
 
 __all__ = [
     "ARCHITECTURE",
@@ -186,6 +187,7 @@ def _write_atomic(path: Path, tensors: dict[str, Tensor], header: str) -> None:
     try:
         safetensors.torch.save_file(tensors, str(tmp), metadata={METADATA_KEY: header})
         with tmp.open("rb+") as f:
+            os.fchmod(f.fileno(), FILE_MODE)  # mkstemp's 0600 (safetensors keeps or remakes it)
             os.fsync(f.fileno())
         tmp.replace(path)
     finally:

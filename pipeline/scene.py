@@ -33,8 +33,7 @@ from pipeline.stitch import RowSink, Stitcher, TeeSink
 from pipeline.storage import (
     Location,
     gdal_path,
-    identity,
-    modified_time,
+    inspect_input,
     parse_location,
     read_json,
     upload,
@@ -112,12 +111,8 @@ class SceneTarget:
     @classmethod
     def resolve(cls, *, input_url: str, out_url: str | os.PathLike[str]) -> SceneTarget:
         src = parse_location(input_url)
-        return cls(
-            input=src,
-            out=parse_location(out_url),
-            input_identity=identity(src),
-            input_modified=modified_time(src),
-        )
+        ident, modified = inspect_input(src)
+        return cls(input=src, out=parse_location(out_url), input_identity=ident, input_modified=modified)
 
     def staging(self) -> AbstractContextManager[Path]:
         """Scratch space: hidden inside a local OUTDIR, a local temporary folder otherwise."""

@@ -26,7 +26,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,9 +108,10 @@ def gdal_path(url: str | os.PathLike[str]) -> str:
     return location.gdal_path
 
 
-def endpoint_url() -> str | None:
+def endpoint_url(environ: Mapping[str, str] | None = None) -> str | None:
     """The S3 endpoint from the standard AWS variables, or None for AWS itself."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    env = os.environ if environ is None else environ
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
 
 
 def gdal_s3_options(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -119,8 +120,7 @@ def gdal_s3_options(environ: dict[str, str] | None = None) -> dict[str, str]:
     GDAL takes the host without scheme (``AWS_S3_ENDPOINT``), plain HTTP as
     ``AWS_HTTPS=NO`` and, for such servers, path-style addressing.
     """
-    env = os.environ if environ is None else environ
-    url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    url = endpoint_url(environ)
     if not url:
         return {}
     parts = urlsplit(url)
@@ -200,46 +200,54 @@ def list_scenes(input_url: str, *, pattern: str = "*.tif") -> list[Location]:
     return [Location(root.scheme, name if root.is_local else name.lstrip("/")) for name in names]
 
 
-def identity(location: Location) -> dict[str, Any]:
-    """What identifies an input's content: SHA-256 for local files, ETag plus size on S3."""
-    if location.is_local:
-        from pipeline.files import file_sha256
+def inspect_input(location: Location) -> tuple[dict[str, Any], str]:
+    """What identifies an input's content, and its last-modified time, from one lookup.
 
-        if not os.path.exists(location.path):
-            raise InputNotFoundError(f"{location.path}: file not found; check the path")
-        if os.path.isdir(location.path):
-            raise NotARasterError(
-                f"{location.path}: is a folder, not a raster; pass one scene file "
-                "(the segment-bucket flow takes folders)"
-            )
-        return {"sha256": file_sha256(location.path), "size": os.path.getsize(location.path)}
-    fs = filesystem(location)
+    The identity is the SHA-256 and size of a local file, or the ETag and size of an S3
+    object (one metadata request). The time, ISO 8601 UTC (``SOURCE_DATE_EPOCH`` wins
+    when set), is the date stamped into GeoPackages, so that outputs depend on the inputs
+    only and an interrupted-then-resumed run writes the same bytes as an uninterrupted one.
+    """
+    if location.is_local:
+        ident, modified = _local_identity(location.path)
+    else:
+        info = _object_info(location)
+        ident = {"etag": str(info.get("ETag", "")).strip('"'), "size": int(info.get("size", 0))}
+        value = info.get("LastModified") or info.get("last_modified")
+        modified = value if isinstance(value, datetime) else datetime.fromtimestamp(0, UTC)
+    if epoch := os.environ.get("SOURCE_DATE_EPOCH"):
+        modified = datetime.fromtimestamp(int(epoch), UTC)
+    return ident, modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def identity(location: Location) -> dict[str, Any]:
+    """What identifies an input's content (see :func:`inspect_input`)."""
+    return inspect_input(location)[0]
+
+
+def _local_identity(path: str) -> tuple[dict[str, Any], datetime]:
+    from pipeline.files import file_sha256
+
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"{path}: file not found; check the path")
+    if os.path.isdir(path):
+        raise NotARasterError(
+            f"{path}: is a folder, not a raster; pass one scene file (the segment-bucket flow takes folders)"
+        )
+    stat = os.stat(path)
+    return {"sha256": file_sha256(path), "size": stat.st_size}, datetime.fromtimestamp(stat.st_mtime, UTC)
+
+
+def _object_info(location: Location) -> dict[str, Any]:
     try:
-        info = fs.info(location.path)
+        info: dict[str, Any] = filesystem(location).info(location.path)
     except FileNotFoundError as exc:
         raise InputNotFoundError(
             f"{location.url}: object not found; check the URL and the bucket listing"
         ) from exc
     except Exception as exc:
         raise _storage_error(location, "read the object's metadata", exc) from exc
-    return {"etag": str(info.get("ETag", "")).strip('"'), "size": int(info.get("size", 0))}
-
-
-def modified_time(location: Location) -> str:
-    """The input's last-modified time as ISO 8601 UTC (``SOURCE_DATE_EPOCH`` wins when set).
-
-    It is the date stamped into GeoPackages, so that outputs depend on the inputs only
-    and an interrupted-then-resumed run writes the same bytes as an uninterrupted one.
-    """
-    if epoch := os.environ.get("SOURCE_DATE_EPOCH"):
-        stamp = datetime.fromtimestamp(int(epoch), UTC)
-    elif location.is_local:
-        stamp = datetime.fromtimestamp(os.path.getmtime(location.path), UTC)
-    else:
-        info = filesystem(location).info(location.path)
-        value = info.get("LastModified") or info.get("last_modified")
-        stamp = value if isinstance(value, datetime) else datetime.fromtimestamp(0, UTC)
-    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return info
 
 
 def read_json(location: Location) -> dict[str, Any] | None:
@@ -278,7 +286,7 @@ def write_bytes_atomic(location: Location, payload: bytes) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             try:
-                os.fchmod(fd, 0o666 & ~_umask())
+                os.fchmod(fd, FILE_MODE)
                 with os.fdopen(fd, "wb") as f:
                     f.write(payload)
                 os.replace(tmp, target)
@@ -289,10 +297,15 @@ def write_bytes_atomic(location: Location, payload: bytes) -> None:
         filesystem(location).pipe_file(location.path, payload)  # one PUT: all or nothing
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: Mode of files written here (as ``open`` would create them). The umask is read once, at
+#: import: reading it means setting it, and Dask worker threads write tiles concurrently.
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 def write_json(location: Location | str | os.PathLike[str], payload: dict[str, Any]) -> None:

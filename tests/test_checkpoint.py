@@ -77,6 +77,15 @@ def test_round_trip(model: DeepLabV3, saved: Path) -> None:
     assert loaded.info.created is not None and loaded.info.created.endswith("Z")
 
 
+def test_checkpoint_file_is_readable_like_any_new_file(saved: Path) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+
+
 def test_header_contents(saved: Path) -> None:
     with safetensors.safe_open(str(saved), framework="pt") as f:
         header = f.metadata()

@@ -146,6 +146,30 @@ def test_identity_refuses_folders_and_missing_files(tmp_path: Path) -> None:
     assert got == {"sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "size": 3}
 
 
+def test_inspect_input_gives_identity_and_modified_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.storage import inspect_input
+
+    scene = tmp_path / "a.tif"
+    scene.write_bytes(b"abc")
+    os.utime(scene, (0, 1_700_000_000))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ident, modified = inspect_input(parse_location(str(scene)))
+    assert ident["size"] == 3 and modified == "2023-11-14T22:13:20.000Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    assert inspect_input(parse_location(str(scene))) == (ident, "1970-01-02T00:00:00.000Z")
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_bytes_atomic(parse_location(str(tmp_path / "x.json")), b"{}")
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask
+
+
 class EndpointConnectionError(Exception):  # named like botocore's
     pass
 
