@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
         init: Annotated[
             Path | None, typer.Option("--init", help="Start from this checkpoint's weights (fine-tune).")
         ] = None,
+        boundary_weight: Annotated[
+            float, typer.Option("--boundary-weight", help="Weight of the second class's loss.")
+        ] = 0.5,
+        boundary_dice: Annotated[
+            bool, typer.Option("--boundary-dice", help="Add soft Dice to the second class (rare classes).")
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
         """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
@@ -72,6 +78,8 @@ def register(app: typer.Typer) -> None:
                 output_stride=output_stride,
                 lr=lr,
                 init=init,
+                boundary_weight=boundary_weight,
+                boundary_dice=boundary_dice,
                 val_every=val_every,
                 checkpoint_every=checkpoint_every,
             )

@@ -67,9 +67,9 @@ class DaskConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """Separating touching buildings with the model's boundary class (see pipeline.regions)."""
+    """Separating touching buildings with the model's boundary or contact class (pipeline.regions)."""
 
-    enabled: bool = Field(True, description="Split when the model has a boundary class.")
+    enabled: bool = Field(True, description="Split when the model has a boundary or contact class.")
     seed_threshold: float = Field(0.6, ge=0.0, le=1.0)
     boundary_threshold: float = Field(0.3, ge=0.0, le=1.0)
     min_seed_m2: float = Field(1.0, ge=0.0, description="Smallest building core kept as a seed (m²).")

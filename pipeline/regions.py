@@ -1,12 +1,13 @@
 """Regions: split the building mask into one region per building, streamed.
 
-The model's second channel marks each building's inner border. Building *cores*
-(``building >= seed_threshold``, ``boundary < boundary_threshold``, inside the mask)
-separate neighbours whose masks touch. Cores are the seeds; each is grown back over
-the mask by a geodesic dilation of at most ``grow_px`` pixels (4-connected; where two
-seeds arrive on the same step the larger label wins). Mask pixels no seed reaches
-form regions of their own (value :data:`UNSEEDED`), so the split only ever
-subdivides the mask and never drops a building.
+The model's second channel marks each building's inner border (class ``boundary``) or
+the strip where two buildings meet (class ``contact``, see :func:`pipeline.dataset.contact_target`);
+both are read the same way. Building *cores* (``building >= seed_threshold``,
+``boundary < boundary_threshold``, inside the mask) separate neighbours whose masks touch.
+Cores are the seeds; each is grown back over the mask by a geodesic dilation of at most
+``grow_px`` pixels (4-connected; where two seeds arrive on the same step the larger label
+wins). Mask pixels no seed reaches form regions of their own (value :data:`UNSEEDED`), so
+the split only ever subdivides the mask and never drops a building.
 
 Everything streams in row bands, in two passes over scratch rasters:
 

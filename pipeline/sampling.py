@@ -52,20 +52,24 @@ class ValScene:
         return np.asarray(self.target[0] != IGNORE)
 
 
-def resample_scene(scene: Scene, *, gsd_m: float, boundary_px: int) -> ValScene:
+def resample_scene(scene: Scene, *, gsd_m: float, boundary_px: int, contact_px: int = 0) -> ValScene:
     """Resample a whole scene to ``gsd_m`` and build its target."""
     h, w = scene.label.shape
     factor = scene.gsd_m / gsd_m
     out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
     image = resize_image(scene.image, out_h, out_w)
     label = resize_nearest(scene.label, out_h, out_w)
-    return ValScene(scene.source, scene.name, image, make_target(label, boundary_px=boundary_px))
+    target = make_target(label, boundary_px=boundary_px, contact_px=contact_px)
+    return ValScene(scene.source, scene.name, image, target)
 
 
 def validation_scenes(dataset: Dataset, *, split: str = "val") -> Iterator[ValScene]:
     """Yield the scenes of ``split`` resampled to the dataset's training GSD, with targets."""
     for scene in dataset.split(split):
-        yield resample_scene(scene, gsd_m=dataset.spec.gsd_m, boundary_px=dataset.spec.boundary_px)
+        spec = dataset.spec
+        yield resample_scene(
+            scene, gsd_m=spec.gsd_m, boundary_px=spec.boundary_px, contact_px=spec.contact_px
+        )
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -137,12 +141,13 @@ class CropSampler:
         gsd_m: float,
         crop: int,
         boundary_px: int = 2,
+        contact_px: int = 0,
         building_fraction: float = 2.0 / 3.0,
         scale_jitter: tuple[float, float] = (0.8, 1.25),
         augment: bool = True,
         color_strength: float = 0.2,
     ) -> None:
-        self.gsd_m, self.crop, self.boundary_px = gsd_m, crop, boundary_px
+        self.gsd_m, self.crop, self.boundary_px, self.contact_px = gsd_m, crop, boundary_px, contact_px
         self.building_fraction, self.scale_jitter = building_fraction, scale_jitter
         self.augment, self.color_strength = augment, color_strength
         self.groups: dict[str, list[Scene]] = {}
@@ -165,6 +170,7 @@ class CropSampler:
     def from_dataset(cls, dataset: Dataset, *, crop: int, **kwargs: Any) -> CropSampler:
         spec = dataset.spec
         kwargs.setdefault("boundary_px", spec.boundary_px)
+        kwargs.setdefault("contact_px", spec.contact_px)
         kwargs.setdefault("building_fraction", spec.building_crop_fraction)
         weights = {name: src.weight for name, src in spec.sources.items()}
         return cls(dataset.split("train"), source_weights=weights, gsd_m=spec.gsd_m, crop=crop, **kwargs)
@@ -189,7 +195,7 @@ class CropSampler:
 
     def crop_scene(self, scene: Scene, rng: np.random.Generator) -> Crop:
         """One crop of ``scene`` (window, resample, target, augment)."""
-        margin = self.boundary_px  # the boundary needs context beyond the crop's edge
+        margin = max(self.boundary_px, self.contact_px)  # targets need context beyond the crop's edge
         out = self.crop + 2 * margin
         scale = self.gsd_m / scene.gsd_m * float(rng.uniform(*self.scale_jitter))  # native px per output px
         inner = max(1, round(self.crop * scale))
@@ -198,7 +204,8 @@ class CropSampler:
         y0, x0, size = y0 - inset, x0 - inset, inner + 2 * inset
         image, label = _extract(scene, y0, x0, size)
         image = resize_image(image, out, out)[margin : margin + self.crop, margin : margin + self.crop]
-        target = make_target(resize_nearest(label, out, out), boundary_px=self.boundary_px)
+        label = resize_nearest(label, out, out)
+        target = make_target(label, boundary_px=self.boundary_px, contact_px=self.contact_px)
         target = target[:, margin : margin + self.crop, margin : margin + self.crop]
         if self.augment:
             image, target = _dihedral(image, target, rng)

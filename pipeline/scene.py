@@ -309,8 +309,9 @@ def infer_and_stitch(
 
 
 def splits(model: ModelChoice, config: PipelineConfig) -> bool:
-    """Whether touching buildings are separated: the model has a boundary class and it is on."""
-    return config.split.enabled and "boundary" in model.description.get("classes", [])
+    """Whether touching buildings are separated: the model has a boundary or contact class and it is on."""
+    classes = model.description.get("classes", [])
+    return config.split.enabled and bool({"boundary", "contact"} & set(classes))
 
 
 @contextmanager

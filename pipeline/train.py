@@ -3,7 +3,9 @@
 * Data: balanced, augmented crops at the dataset's training GSD (:class:`pipeline.sampling.CropSampler`);
   validation on whole val scenes resampled to that GSD.
 * Loss: BCE + soft Dice on the building channel, plus ``boundary_weight`` (0.5) x BCE on the
-  boundary channel; pixels labelled 255 (no-data) are excluded from every term.
+  second channel (boundary, or contact when the DATASET.yaml sets ``contact_px``), with a soft
+  Dice term there too when ``boundary_dice``; pixels labelled 255 (no-data) are excluded from
+  every term. The model runs channels-last (NHWC), which oneDNN and cuDNN convolve faster.
 * Optimiser: AdamW (weight decay 1e-4), linear warm-up over ``warmup_fraction`` of the steps, then
   cosine decay to 1 % of ``lr``. Mixed precision (fp16 autocast + GradScaler) on CUDA only.
 * Validation every ``val_every`` steps and at the end: building probability per scene (tiles of
@@ -102,6 +104,7 @@ class TrainOptions:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     boundary_weight: float = 0.5
+    boundary_dice: bool = False
     val_every: int = 250
     checkpoint_every: int = 100
     val_tile: int = 1024
@@ -134,13 +137,20 @@ def state_path(out: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- loss and schedule
 
 
-def segmentation_loss(
-    logits: Tensor, target: Tensor, *, boundary_weight: float = 0.5
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """BCE + Dice (building) + ``boundary_weight`` x BCE (boundary), ignoring target 255.
+def _soft_dice(prob: Tensor, truth: Tensor, weight: Tensor) -> Tensor:
+    """1 - soft Dice of ``prob`` against 0/1 ``truth`` over the pixels where ``weight`` is 1."""
+    prob = prob * weight
+    return 1.0 - (2.0 * (prob * truth).sum() + 1.0) / (prob.sum() + (truth * weight).sum() + 1.0)
 
-    ``logits`` (N, 2, H, W); ``target`` (N, 2, H, W) uint8 with 0/1 and 255 on no-data.
-    Returns the total loss and its detached parts.
+
+def segmentation_loss(
+    logits: Tensor, target: Tensor, *, boundary_weight: float = 0.5, boundary_dice: bool = False
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """BCE + Dice (building) + ``boundary_weight`` x BCE (second class), ignoring target 255.
+
+    ``boundary_dice`` adds a soft Dice term to the second class as well: a rare class such as
+    contact otherwise settles on probabilities far below 0.5. ``logits`` (N, 2, H, W); ``target``
+    (N, 2, H, W) uint8 with 0/1 and 255 on no-data. Returns the total loss and its detached parts.
     """
     logits = logits.float()
     weight = (target[:, 0] != IGNORE).float()
@@ -149,13 +159,15 @@ def segmentation_loss(
     boundary = (target[:, 1] == 1).float()
     bce = F.binary_cross_entropy_with_logits(logits[:, 0], building, reduction="none")
     bce_building = (bce * weight).sum() / count
-    prob = torch.sigmoid(logits[:, 0]) * weight
-    dice = 1.0 - (2.0 * (prob * building).sum() + 1.0) / (prob.sum() + (building * weight).sum() + 1.0)
+    dice = _soft_dice(torch.sigmoid(logits[:, 0]), building, weight)
     bce = F.binary_cross_entropy_with_logits(logits[:, 1], boundary, reduction="none")
-    bce_boundary = (bce * weight).sum() / count
-    total = bce_building + dice + boundary_weight * bce_boundary
-    parts = {"bce": bce_building.detach(), "dice": dice.detach(), "boundary": bce_boundary.detach()}
-    return total, parts
+    second = (bce * weight).sum() / count
+    parts = {"bce": bce_building.detach(), "dice": dice.detach(), "boundary": second.detach()}
+    if boundary_dice:
+        second_dice = _soft_dice(torch.sigmoid(logits[:, 1]), boundary, weight)
+        parts["boundary_dice"] = second_dice.detach()
+        second = second + second_dice
+    return bce_building + dice + boundary_weight * second, parts
 
 
 def lr_factor(step: int, *, total: int, warmup: int, floor: float = 0.01) -> float:
@@ -307,29 +319,38 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _warm_start(model: DeepLabV3, spec: ModelSpec, path: Path) -> None:
-    """Start from a footprints checkpoint's weights (same architecture) instead of ImageNet."""
+    """Start from a footprints checkpoint's weights (same architecture) instead of ImageNet.
+
+    The class *names* may differ (a boundary model can be fine-tuned into a contact model: the
+    second output channel is retrained), their number may not.
+    """
     from pipeline.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(path)
-    theirs = (loaded.spec.encoder, loaded.spec.output_stride, loaded.spec.classes)
-    ours = (spec.encoder, spec.output_stride, spec.classes)
+    theirs = (loaded.spec.encoder, loaded.spec.output_stride, len(loaded.spec.classes))
+    ours = (spec.encoder, spec.output_stride, len(spec.classes))
     if theirs != ours:
         raise ConfigError(
-            f"{path}: --init checkpoint is {theirs[0]} at OS {theirs[1]} with classes {list(theirs[2])}, "
-            f"not {ours[0]} at OS {ours[1]} with {list(ours[2])}; pass matching --encoder/--output-stride"
+            f"{path}: --init checkpoint is {theirs[0]} at OS {theirs[1]} with classes "
+            f"{list(loaded.spec.classes)}, not {ours[0]} at OS {ours[1]} with {list(spec.classes)}; "
+            "pass matching --encoder/--output-stride"
         )
     model.load_state_dict(loaded.model.state_dict(), strict=True)
 
 
-def _new_run(opts: TrainOptions, device: torch.device) -> _Run:
+def _new_run(opts: TrainOptions, device: torch.device, separator: str) -> _Run:
     _seed_everything(opts.seed)
     spec = ModelSpec(
-        encoder=opts.encoder, encoder_weights=opts.encoder_weights, output_stride=opts.output_stride
+        encoder=opts.encoder,
+        encoder_weights=opts.encoder_weights,
+        output_stride=opts.output_stride,
+        classes=("building", separator),
     )
     model = build_model(spec)
     if opts.init is not None:
         _warm_start(model, spec, Path(opts.init))
-    model = model.to(device)
+    # channels-last: oneDNN (CPU) and cuDNN run this network's convolutions faster in NHWC
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     warmup = round(opts.warmup_fraction * opts.steps)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, total=opts.steps, warmup=warmup))
@@ -386,7 +407,7 @@ def _check_resumable(saved: Mapping[str, Any], opts: TrainOptions, path: Path) -
         )
 
 
-def _resume_run(opts: TrainOptions, device: torch.device) -> _Run:
+def _resume_run(opts: TrainOptions, device: torch.device, separator: str) -> _Run:
     path = state_path(opts.out)
     if not path.is_file():
         raise CheckpointError(
@@ -403,7 +424,7 @@ def _resume_run(opts: TrainOptions, device: torch.device) -> _Run:
             f"{path}: not a footprints training state; delete it and train without --resume"
         )
     _check_resumable(state["options"], opts, path)
-    run = _new_run(opts, device)
+    run = _new_run(opts, device, separator)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -484,6 +505,7 @@ def _metadata(
             "device": str(run.device),
             "options": asdict(opts),
             "boundary_px": dataset.spec.boundary_px,
+            "contact_px": dataset.spec.contact_px,
             "validation_history": run.history,
         },
     }
@@ -520,11 +542,13 @@ def _save_model(run: _Run, dataset: Dataset, threshold: float, metrics: Mapping[
 def _train_step(run: _Run, sampler: CropSampler) -> float:
     run.model.train()
     images, targets = sampler.batch(run.rng, run.opts.batch_size)
-    x = _normalize(torch.from_numpy(images), run.device)
+    x = _normalize(torch.from_numpy(images), run.device).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(targets).to(run.device, non_blocking=True)
     with torch.autocast("cuda", dtype=torch.float16, enabled=run.device.type == "cuda"):
         logits = run.model(x)
-    loss, _ = segmentation_loss(logits, y, boundary_weight=run.opts.boundary_weight)
+    loss, _ = segmentation_loss(
+        logits, y, boundary_weight=run.opts.boundary_weight, boundary_dice=run.opts.boundary_dice
+    )
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     run.scaler.step(run.optimizer)
@@ -639,6 +663,7 @@ def train(
     weight_decay: float = 1e-4,
     warmup_fraction: float = 0.05,
     boundary_weight: float = 0.5,
+    boundary_dice: bool = False,
     val_every: int = 250,
     checkpoint_every: int = 100,
     val_tile: int = 1024,
@@ -669,6 +694,7 @@ def train(
         weight_decay=weight_decay,
         warmup_fraction=warmup_fraction,
         boundary_weight=boundary_weight,
+        boundary_dice=boundary_dice,
         val_every=val_every,
         checkpoint_every=checkpoint_every,
         val_tile=val_tile,
@@ -680,6 +706,7 @@ def train(
     dataset = load_dataset(data)
     sampler = CropSampler.from_dataset(dataset, crop=crop)
     val = list(validation_scenes(dataset))
-    run = _resume_run(opts, dev) if resume else _new_run(opts, dev)
+    separator = dataset.spec.separator
+    run = _resume_run(opts, dev, separator) if resume else _new_run(opts, dev, separator)
     check_rates(crop, output_stride, run.spec.rates)
     return _loop(run, dataset, sampler, val, progress)

@@ -3,7 +3,7 @@
     python scripts/tune_split.py --model CKPT [--data configs/dataset.yaml]
 
 Predicts every validation scene once (whole scene, resampled to the model's GSD like the
-pipeline does), then scores a grid of (threshold, seed threshold, boundary threshold,
+pipeline does), then scores a grid of (threshold, seed threshold, boundary/contact threshold,
 grow distance) with the pipeline's own split (:func:`pipeline.regions.split_array`),
 polygonization and one-to-one object matching; counts are pooled over all scenes. Prints
 a Markdown table, best object F1 first.
@@ -32,8 +32,8 @@ from pipeline.validate import scene_grid
 GRID = {
     "threshold": [0.4, 0.5, 0.6],
     "seed": [0.6, 0.7, 0.8],
-    "boundary": [0.2, 0.3, 0.4],
-    "grow_m": [2.0, 4.0],
+    "boundary": [0.2, 0.3, 0.4, 0.5],
+    "grow_m": [2.0, 4.0, 6.0],
 }
 
 

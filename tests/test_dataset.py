@@ -20,6 +20,7 @@ from scipy import ndimage
 from pipeline.dataset import (
     IGNORE,
     boundary_target,
+    contact_target,
     dataset_files,
     load_dataset,
     make_target,
@@ -285,6 +286,48 @@ def test_make_target_marks_nodata_in_both_channels() -> None:
     assert target.shape == (2, 8, 8) and target.dtype == np.uint8
     assert (target[:, 0] == IGNORE).all()
     assert target[0, 2:6, 2:6].all() and target[1, 3:5, 3:5].sum() == 0 and target[1, 2, 2] == 1
+
+
+def test_contact_target_marks_where_two_buildings_meet() -> None:
+    mask = np.zeros((12, 30), bool)
+    mask[2:10, 2:10] = True  # A
+    mask[2:10, 12:20] = True  # B: columns 10-11 are a 2 px gap
+    mask[2:10, 27:30] = True  # C: 7 px from B, farther than 2 * width
+    contact = contact_target(mask, width_px=2)
+    # within 2 px (Chebyshev) of A (cols 2-9): cols <= 11; of B (cols 12-19): cols >= 10;
+    # rows 0-11, since the square reaches 2 rows beyond the buildings' rows 2-9
+    expected = np.zeros_like(mask)
+    expected[0:12, 10:12] = True
+    np.testing.assert_array_equal(contact, expected)
+    # a mask that merged A and B across the gap is cut back into them by the contact strip
+    merged = mask.copy()
+    merged[2:10, 10:12] = True
+    assert ndimage.label(merged)[1] == 2 and ndimage.label(merged & ~contact)[1] == 3
+    touching = np.zeros((8, 12), bool)
+    touching[2:6, 0:6] = True
+    touching[2:6, 6:12] = True  # one component: no contact within a single building
+    assert not contact_target(touching, width_px=2).any()
+    assert not contact_target(mask, width_px=0).any()
+    single = np.zeros((10, 10), bool)
+    single[2:8, 2:8] = True
+    assert not contact_target(single, width_px=3).any()
+    diagonal = np.zeros((6, 6), bool)
+    diagonal[0:3, 0:3] = diagonal[3:6, 3:6] = True  # corner-touching = one 8-connected building
+    assert not contact_target(diagonal, width_px=1).any()
+    unknown = np.zeros_like(mask)
+    unknown[:, 10:12] = True
+    np.testing.assert_array_equal(contact_target(mask, width_px=2, unknown=unknown), expected & ~unknown)
+
+
+def test_make_target_contact_channel() -> None:
+    label = np.zeros((12, 30), np.uint8)
+    label[2:10, 2:10] = 1
+    label[2:10, 12:20] = 1
+    label[11, :] = IGNORE
+    target = make_target(label, boundary_px=1, contact_px=2)
+    assert (target[:, 11] == IGNORE).all()
+    np.testing.assert_array_equal(np.flatnonzero(target[1, 5] == 1), [10, 11])
+    assert target[1, :11, :10].sum() == 0 and target[1, :11, 12:].sum() == 0
 
 
 # --------------------------------------------------------------------------- resampling and sampling

@@ -172,3 +172,23 @@ def test_geojson_is_rfc7946(tmp_path: Path) -> None:
 
     gpkg = gpd.read_file(tmp_path / "buildings.gpkg")
     assert gpkg.crs.to_epsg() == 32614 and len(gpkg) == 2
+
+
+@pytest.mark.parametrize(
+    ("classes", "enabled", "expected"),
+    [
+        (["building", "boundary"], True, True),
+        (["building", "contact"], True, True),
+        (["building", "contact"], False, False),
+        (["building"], True, False),
+    ],
+)
+def test_split_runs_for_boundary_and_contact_models(
+    classes: list[str], enabled: bool, expected: bool
+) -> None:
+    from pipeline.config import load_config
+    from pipeline.scene import ModelChoice, splits
+
+    model = ModelChoice(source=None, description={"classes": classes})  # type: ignore[arg-type]
+    config = load_config(None, **{"split.enabled": enabled})
+    assert splits(model, config) is expected

@@ -91,6 +91,25 @@ def test_loss_ignores_nodata_pixels() -> None:
     assert loss.item() - half == pytest.approx(0.5 * parts["boundary"].item(), rel=1e-5)
 
 
+def test_boundary_dice_adds_a_soft_dice_term_on_the_second_class() -> None:
+    torch.manual_seed(1)
+    target = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    target[:, 0, 4:12, 4:12] = 1
+    target[:, 1, 4:12, 7:9] = 1
+    target[:, :, 14:, :] = 255
+    logits = torch.randn(2, 2, 16, 16)
+    plain, _ = segmentation_loss(logits, target, boundary_weight=0.5)
+    total, parts = segmentation_loss(logits, target, boundary_weight=0.5, boundary_dice=True)
+    valid = (target[:, 1] != 255).float()
+    prob = torch.sigmoid(logits[:, 1]) * valid
+    truth = (target[:, 1] == 1).float()
+    dice = 1 - (2 * (prob * truth).sum() + 1) / (prob.sum() + truth.sum() + 1)
+    assert parts["boundary_dice"].item() == pytest.approx(dice.item(), rel=1e-6)
+    assert total.item() - plain.item() == pytest.approx(0.5 * dice.item(), rel=1e-5)
+    perfect = (target.float() * 2 - 1) * 20
+    assert segmentation_loss(perfect, target, boundary_dice=True)[0].item() < 0.01
+
+
 def test_loss_of_an_all_nodata_batch_is_finite() -> None:
     target = torch.full((2, 2, 8, 8), 255, dtype=torch.uint8)
     loss, _ = segmentation_loss(torch.randn(2, 2, 8, 8, requires_grad=True), target)
@@ -171,6 +190,29 @@ def test_init_starts_from_a_checkpoints_weights(tiny_data: Path, tmp_path: Path)
     assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in convs)
     with pytest.raises(ConfigError, match="--init checkpoint"):
         train(data=tiny_data, out=tmp_path / "x.safetensors", steps=1, init=first, output_stride=8, **TINY)
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_contact_dataset_trains_a_contact_class_from_a_boundary_checkpoint(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "boundary.safetensors"
+    train(data=tiny_data, out=first, steps=1, val_every=1, checkpoint_every=1, seed=3, **TINY)
+    spec = yaml.safe_load(tiny_data.read_text())
+    contact_yaml = tiny_data.parent / "CONTACT.yaml"
+    contact_yaml.write_text(yaml.safe_dump({**spec, "contact_px": 3}))
+    out = tmp_path / "contact.safetensors"
+    tiny = {**TINY, "lr": 1e-12}
+    train(
+        data=contact_yaml, out=out, steps=1, val_every=1, checkpoint_every=1, seed=4, init=first,
+        boundary_dice=True, **tiny,
+    )  # fmt: skip
+    loaded = load_checkpoint(out)
+    assert loaded.spec.classes == ("building", "contact")
+    a, b = load_checkpoint(first).model.state_dict(), loaded.model.state_dict()
+    assert torch.allclose(a["classifier.weight"], b["classifier.weight"], atol=1e-6)
+    run = json.loads(loaded.info.training_data)["run"]
+    assert run["contact_px"] == 3 and run["options"]["boundary_dice"] is True
 
 
 @pytest.mark.filterwarnings("ignore:tile size 64")
