@@ -57,6 +57,9 @@ class ModelConfig(_Section):
     output_stride: Literal[8, 16] = 16
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="Default: checkpoint's.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    flips: Literal[0, 1, 3] = Field(
+        0, description="Test-time flips averaged with each tile: 0, 1 (left-right) or 3 (and up-down)."
+    )
 
 
 class DaskConfig(_Section):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.errors import ConfigError
 from pipeline.files import file_sha256, read_checkpoint_metadata
 
 if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
@@ -53,6 +54,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 #: Resampling is skipped when input and model GSD agree within this relative tolerance.
 SCALE_TOLERANCE = 0.05
 
+#: Test-time flips by count (``model.flips``): none, left-right, or left-right, up-down and both.
+FLIP_DIMS: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
+
 
 def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
     """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
@@ -77,6 +81,11 @@ class TorchSegmenter:
     resampled to the model's GSD (bilinear, antialiased), and the per-class sigmoid
     probabilities are resampled back to the input window. On CUDA the forward pass
     runs under fp16 autocast.
+
+    ``flips`` (0, 1 or 3) averages the probabilities over that many flipped copies as well
+    (test-time augmentation, as in the DeepLabV3 paper's evaluation). The input is first padded
+    on the bottom/right to a multiple of the model's output stride, as the model itself would
+    pad it, so a flipped copy computes on the same stride lattice as the original.
     """
 
     model: torch.nn.Module
@@ -84,10 +93,39 @@ class TorchSegmenter:
     std: tuple[float, float, float]
     device: torch.device
     threads: int | None = None
+    flips: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        if self.flips not in FLIP_DIMS:
+            raise ConfigError(f"model.flips={self.flips}: use 0, 1 or 3 test-time flips")
         self.model.eval().to(self.device)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return torch.sigmoid(self.model(x).float())
+        return torch.sigmoid(self.model(x).float())
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of ``x``, averaged over the configured flips."""
+        import torch.nn.functional as F
+
+        dims = FLIP_DIMS[self.flips]
+        if not dims:
+            return self._forward(x)
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        stride = int(getattr(getattr(self.model, "spec", None), "output_stride", 1))
+        pad_h, pad_w = -height % stride, -width % stride
+        if pad_h or pad_w:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        prob = self._forward(x)
+        for d in dims:
+            prob = prob + self._forward(x.flip(d)).flip(d)
+        return (prob / (1 + len(dims)))[..., :height, :width]
 
     def _normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
         import torch
@@ -112,12 +150,7 @@ class TorchSegmenter:
             target = model_shape(size[0], size[1], scale)
             if target != size:
                 x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
-            if self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    logits = self.model(x)
-            else:
-                logits = self.model(x)
-            prob = torch.sigmoid(logits.float())
+            prob = self._probabilities(x)
             if target != size:
                 prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
             return to_uint8_probability(prob)
@@ -130,6 +163,7 @@ class CheckpointSource:
     path: str
     device: str = "auto"
     threads: int | None = None
+    flips: int = 0
 
     def load(self) -> Segmenter:
         import torch
@@ -146,6 +180,7 @@ class CheckpointSource:
             std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
             device=resolve_device(self.device),
             threads=self.threads,
+            flips=self.flips,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -177,6 +212,7 @@ class UntrainedSource:
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
+    flips: int = 0
 
     def load(self) -> Segmenter:
         import torch
@@ -193,6 +229,7 @@ class UntrainedSource:
             std=(0.5, 0.5, 0.5),
             device=resolve_device(self.device),
             threads=self.threads,
+            flips=self.flips,
         )
 
     def describe(self) -> dict[str, Any]:

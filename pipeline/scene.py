@@ -200,11 +200,15 @@ def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoi
     threads = max(1, (os.cpu_count() or 1) // config.dask.n_workers)
     if path is not None:
         src: CheckpointSource | UntrainedSource = CheckpointSource(
-            path=str(path), device=mc.device, threads=threads
+            path=str(path), device=mc.device, threads=threads, flips=mc.flips
         )
     else:
         src = UntrainedSource(
-            encoder=mc.encoder, output_stride=mc.output_stride, device=mc.device, threads=threads
+            encoder=mc.encoder,
+            output_stride=mc.output_stride,
+            device=mc.device,
+            threads=threads,
+            flips=mc.flips,
         )
     desc = src.describe()
     if mc.threshold is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -89,3 +90,54 @@ def test_model_is_loaded_once_per_process() -> None:
     a = cached_segmenter(Box3x3Source())
     b = cached_segmenter(Box3x3Source())
     assert a is b and cached_count() == before + 1
+
+
+class Shifted(torch.nn.Module):
+    """Logits at (r, c) = +-4 x the first channel at (r, c - 1): not flip-symmetric."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.spec = SimpleNamespace(output_stride=stride)
+        self.seen: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((int(x.shape[-2]), int(x.shape[-1])))
+        y = torch.zeros_like(x[:, :1])
+        y[..., 1:] = x[:, :1, :, :-1]
+        return torch.cat([4 * y, -4 * y], dim=1)
+
+
+@pytest.mark.parametrize("flips", [1, 3])
+def test_flips_average_flipped_predictions_on_the_stride_lattice(flips: int) -> None:
+    import torch.nn.functional as F
+
+    pixels = np.random.default_rng(flips).integers(0, 256, size=(1, 3, 6, 10), dtype=np.uint8)
+    model = Shifted(stride=4)
+    seg = TorchSegmenter(
+        model=model, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), device=torch.device("cpu"), flips=flips
+    )
+    out = seg.predict(pixels)
+    # by hand: pad to a multiple of the stride (8 x 12) first, then flip, predict, flip back, crop
+    x = (torch.from_numpy(pixels).float() / 255 - 0.5) / 0.5
+    xp = F.pad(x, (0, 2, 0, 2), mode="reflect")
+    dims = [(-1,)] if flips == 1 else [(-1,), (-2,), (-1, -2)]
+    prob = torch.sigmoid(model(xp))
+    for d in dims:
+        prob = prob + torch.sigmoid(model(xp.flip(d))).flip(d)
+    expected = torch.clamp(prob / (1 + len(dims)) * 255 + 0.5, 0, 255).to(torch.uint8)[..., :6, :10]
+    np.testing.assert_array_equal(out, expected.numpy())
+    assert set(model.seen) == {(8, 12)}
+    plain = TorchSegmenter(model=model, mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"))
+    assert not np.array_equal(plain.predict(pixels), out)
+
+
+def test_flips_come_from_the_config_and_are_checked() -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.scene import choose_model
+
+    model = choose_model(model_path=None, config=load_config(None, **{"model.flips": 1}))
+    assert model.source.flips == 1  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="flips"):
+        load_config(None, **{"model.flips": 2})
+    with pytest.raises(ConfigError, match="flips"):
+        TorchSegmenter(model=Probe(), mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"), flips=2)
