@@ -4,6 +4,8 @@ The lead CLI calls :func:`register` on its typer app. The raster is polygonized 
 of ``--block-size`` rows by :func:`pipeline.polygonize.polygonize_blocks` (pixel-exact,
 bounded memory); polygons under ``vectorize.min_area_m2`` are dropped *after* the seams
 are merged, then simplified by ``vectorize.simplify_m`` metres (0 keeps them pixel-exact).
+With ``--stats PROB.tif`` each polygon gets its mean probability and those under
+``vectorize.min_confidence`` are dropped too; without it there is nothing to judge them by.
 The output format follows the extension: ``.geojson`` (RFC 7946: EPSG:4326 lon/lat,
 counter-clockwise exteriors, 7 decimals), ``.gpkg`` or ``.parquet`` (raster CRS). Files
 are written under a temporary name in the destination folder, then renamed into place.

@@ -81,6 +81,9 @@ class SplitConfig(_Section):
 
 class VectorizeConfig(_Section):
     min_area_m2: float = Field(8.0, ge=0.0, description="Drop polygons smaller than this (m²).")
+    min_confidence: float = Field(
+        0.8, ge=0.0, le=1.0, description="Drop buildings whose mean probability is below this."
+    )
     simplify_m: float = Field(0.3, ge=0.0, description="Simplification tolerance in metres.")
     block_size: int = Field(1024, ge=16, description="Rows per block of the block-wise vectorizer.")
     fill_holes_m2: float = Field(1.0, ge=0.0, description="Fill holes smaller than this (m²); 0 keeps all.")
@@ -103,7 +106,8 @@ def outline_options(vc: VectorizeConfig) -> OutlineOptions:
     from pipeline.vectorize import OutlineOptions
 
     return OutlineOptions(
-        min_area_m2=vc.min_area_m2, simplify_m=vc.simplify_m, fill_holes_m2=vc.fill_holes_m2,
+        min_area_m2=vc.min_area_m2, min_confidence=vc.min_confidence, simplify_m=vc.simplify_m,
+        fill_holes_m2=vc.fill_holes_m2,
         regularize=vc.regularize, angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m,
     )  # fmt: skip
 

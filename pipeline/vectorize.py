@@ -47,6 +47,7 @@ class OutlineOptions:
     """How polygons become delivered outlines; every length and area is metric."""
 
     min_area_m2: float = 8.0
+    min_confidence: float = 0.0
     simplify_m: float = 0.3
     fill_holes_m2: float = 0.0
     regularize: bool = False
@@ -69,16 +70,20 @@ def buildings_from_regions(
     pixel_m: float | None = None,
     stats_scale: float = 255.0,
 ) -> Buildings:
-    """Filter by area (m², after merging), then fill holes and square or simplify (metres).
+    """Filter by area (m², after merging) and confidence, then fill holes and square or simplify.
 
-    ``area_m2`` is the area of the delivered polygon. Buildings that post-processing
-    empties (degenerate slivers, or ones covered by a larger neighbour) are dropped.
+    ``min_confidence`` applies where the regions carry probability statistics (their mean
+    probability, the delivered ``confidence``). ``area_m2`` is the area of the delivered
+    polygon. Buildings that post-processing empties (degenerate slivers, or ones covered by a
+    larger neighbour) are dropped.
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
     area = shapely.area(frame.to_metric(regions.geometry)) if len(regions) else np.empty(0)
     keep = np.flatnonzero(area >= options.min_area_m2)
+    if options.min_confidence > 0 and regions.mean is not None:
+        keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
     geoms = postprocess(
         regions.geometry[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
         simplify_m=options.simplify_m, regularize=options.regularize,

@@ -138,7 +138,9 @@ def test_geojson_is_rfc7946(tmp_path: Path) -> None:
     info = open_raster(tmp_path / "mask.tif")
     plan = ScenePlan(info=info, grid=TileGrid(height=200, width=300), scene="synthetic")
     model = ModelChoice(source=None, description={"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
-    cfg = PipelineConfig.model_validate({"vectorize": {"min_area_m2": 1, "simplify_m": 0}})
+    cfg = PipelineConfig.model_validate(
+        {"vectorize": {"min_area_m2": 1, "simplify_m": 0, "min_confidence": 0}}
+    )
     buildings = vectorize_stage(plan=plan, model=model, config=cfg, workdir=tmp_path)
     write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=tmp_path)
     doc = json.loads((tmp_path / "buildings.geojson").read_text())
@@ -172,6 +174,33 @@ def test_geojson_is_rfc7946(tmp_path: Path) -> None:
 
     gpkg = gpd.read_file(tmp_path / "buildings.gpkg")
     assert gpkg.crs.to_epsg() == 32614 and len(gpkg) == 2
+
+
+@pytest.mark.parametrize(("min_confidence", "kept"), [(0.0, [0.7, 0.9]), (0.8, [0.9]), (0.95, [])])
+def test_buildings_below_min_confidence_are_dropped_after_seams_merge(
+    tmp_path: Path, min_confidence: float, kept: list[float]
+) -> None:
+    """Exact synthetic case: the mean probability over the whole building decides, not a block's."""
+    from pipeline.config import PipelineConfig
+    from pipeline.grid import TileGrid
+    from pipeline.read import open_raster
+    from pipeline.scene import ModelChoice, ScenePlan, vectorize_stage
+    from tests.conftest import write_tif
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:60, 4:20] = 1  # crosses the block seam at row 32
+    mask[4:20, 40:60] = 1
+    prob = np.zeros((64, 64), np.uint8)
+    prob[4:32, 4:20], prob[32:60, 4:20] = 255, 102  # mean (1.0 + 0.4) / 2 = 0.7; upper block alone 1.0
+    prob[4:20, 40:60] = round(0.9 * 255)
+    write_tif(tmp_path / "mask.tif", mask, nodata=255)
+    write_tif(tmp_path / "probability.tif", prob)
+    plan = ScenePlan(info=open_raster(tmp_path / "mask.tif"), grid=TileGrid(height=64, width=64), scene="s")
+    model = ModelChoice(source=None, description={"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
+    options = {"min_area_m2": 1, "simplify_m": 0, "block_size": 32, "min_confidence": min_confidence}
+    cfg = PipelineConfig.model_validate({"vectorize": options})
+    buildings = vectorize_stage(plan=plan, model=model, config=cfg, workdir=tmp_path)
+    assert sorted(np.round(buildings.confidence, 2).tolist()) == kept
 
 
 @pytest.mark.parametrize(
