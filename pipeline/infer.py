@@ -109,8 +109,8 @@ class TorchSegmenter:
                 return torch.sigmoid(self.model(x).float())
         return torch.sigmoid(self.model(x).float())
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Sigmoid probabilities of ``x``, averaged over the configured flips."""
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of a normalized tensor at the model's GSD, averaged over the flips."""
         import torch.nn.functional as F
 
         dims = FLIP_DIMS[self.flips]
@@ -150,7 +150,7 @@ class TorchSegmenter:
             target = model_shape(size[0], size[1], scale)
             if target != size:
                 x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
-            prob = self._probabilities(x)
+            prob = self.probabilities(x)
             if target != size:
                 prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
             return to_uint8_probability(prob)

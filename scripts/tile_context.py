@@ -9,8 +9,8 @@ output-stride lattice (the last tile of an axis starts on the lattice and is sho
 them with linear ramps over the overlap and prints the IoU of the two building masks at the
 checkpoint's threshold. Inputs are identical and aligned, so whatever disagreement is left
 comes from the tile edges cutting the model's context. ``--flips`` averages the prediction
-over 0, 1 (left-right) or 3 (left-right, up-down, both) extra flips, each input padded to the
-lattice before flipping so the flipped prediction stays on the same cells.
+over 0, 1 or 3 flipped copies exactly as the pipeline's ``model.flips`` does
+(:meth:`pipeline.infer.TorchSegmenter.probabilities`).
 """
 
 from __future__ import annotations
@@ -28,23 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import default_checkpoint
 from pipeline.geo import pixel_size_m
-from pipeline.model import DeepLabV3
+from pipeline.infer import FLIP_DIMS, TorchSegmenter
 
 DEMO = Path(__file__).resolve().parents[2] / "shared/data/real/inria_austin/images/aerial_sample.tif"
-FLIPS = {0: [], 1: [(-1,)], 3: [(-1,), (-2,), (-1, -2)]}
 
 
-def predict(model: DeepLabV3, x: torch.Tensor, flips: int) -> np.ndarray:
-    """Building probability of ``x`` (1, 3, h, w), averaged over the flips."""
-    h, w = x.shape[-2:]
-    stride = model.spec.output_stride
-    ph, pw = -h % stride, -w % stride
-    xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+def predict(seg: TorchSegmenter, x: torch.Tensor) -> np.ndarray:
+    """Building probability of the normalized ``x`` (1, 3, h, w), averaged over the flips."""
     with torch.inference_mode():
-        prob = torch.sigmoid(model(xp))
-        for dims in FLIPS[flips]:
-            prob = prob + torch.sigmoid(model(xp.flip(dims))).flip(dims)
-    return (prob[0, 0, :h, :w] / (1 + len(FLIPS[flips]))).numpy()
+        return seg.probabilities(x)[0, 0].numpy()
 
 
 def starts(n: int, tile: int, overlap: int, stride: int) -> list[int]:
@@ -61,13 +53,12 @@ def ramp(n: int, overlap: int) -> np.ndarray:
     return w
 
 
-def stitched(model: DeepLabV3, x: torch.Tensor, tile: int, overlap: int, flips: int) -> np.ndarray:
+def stitched(seg: TorchSegmenter, x: torch.Tensor, tile: int, overlap: int, stride: int) -> np.ndarray:
     height, width = x.shape[-2:]
     acc, wsum = np.zeros((height, width)), np.zeros((height, width))
-    stride = model.spec.output_stride
     for r0 in starts(height, tile, overlap, stride):
         for c0 in starts(width, tile, overlap, stride):
-            p = predict(model, x[..., r0 : r0 + tile, c0 : c0 + tile], flips)
+            p = predict(seg, x[..., r0 : r0 + tile, c0 : c0 + tile])
             wt = np.outer(ramp(p.shape[0], overlap), ramp(p.shape[1], overlap))
             acc[r0 : r0 + p.shape[0], c0 : c0 + p.shape[1]] += p * wt
             wsum[r0 : r0 + p.shape[0], c0 : c0 + p.shape[1]] += wt
@@ -81,11 +72,14 @@ def main() -> None:
     ap.add_argument("--scene", default=str(DEMO))
     ap.add_argument("--tiles", type=int, nargs="+", default=[448, 512, 640])
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--flips", type=int, choices=sorted(FLIPS), default=0)
+    ap.add_argument("--flips", type=int, choices=sorted(FLIP_DIMS), default=0)
     args = ap.parse_args()
     torch.set_num_threads(2)
     loaded = load_checkpoint(args.model or default_checkpoint())
-    model, threshold = loaded.model.eval(), loaded.info.threshold
+    threshold, stride = loaded.info.threshold, loaded.spec.output_stride
+    seg = TorchSegmenter(
+        model=loaded.model, mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"), flips=args.flips
+    )
     with rasterio.open(args.scene) as src:
         pixels = src.read([1, 2, 3])
         gsd = pixel_size_m(src.crs, tuple(src.transform), src.bounds)
@@ -93,10 +87,10 @@ def main() -> None:
     scale = gsd / loaded.info.gsd_m
     size = (round(pixels.shape[1] * scale), round(pixels.shape[2] * scale))
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    whole = predict(model, x, args.flips) >= threshold
+    whole = predict(seg, x) >= threshold
     print(f"model space {size[0]} x {size[1]} px, threshold {threshold}, flips {args.flips}")
     for tile in args.tiles:
-        tiled = stitched(model, x, tile, args.overlap, args.flips) >= threshold
+        tiled = stitched(seg, x, tile, args.overlap, stride) >= threshold
         iou = (whole & tiled).sum() / max((whole | tiled).sum(), 1)
         print(f"tile {tile} overlap {args.overlap}: stitched vs whole IoU {iou:.4f}")
 
