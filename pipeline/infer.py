@@ -111,23 +111,21 @@ class TorchSegmenter:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid probabilities of a normalized tensor at the model's GSD, averaged over the flips."""
-        import torch.nn.functional as F
+        from pipeline.model import pad_to_stride
 
         dims = FLIP_DIMS[self.flips]
         if not dims:
             return self._forward(x)
         height, width = int(x.shape[-2]), int(x.shape[-1])
         stride = int(getattr(getattr(self.model, "spec", None), "output_stride", 1))
-        pad_h, pad_w = -height % stride, -width % stride
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = pad_to_stride(x, stride)
         prob = self._forward(x)
         for d in dims:
             prob = prob + self._forward(x.flip(d)).flip(d)
         return (prob / (1 + len(dims)))[..., :height, :width]
 
-    def _normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
+    def normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float tensor on the device, scaled to [0, 1] and normalized."""
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
@@ -145,7 +143,7 @@ class TorchSegmenter:
                 # OpenMP thread counts are per calling thread: Dask runs tasks on executor
                 # threads started with OMP_NUM_THREADS=1, so set it where we compute.
                 torch.set_num_threads(self.threads)
-            x = self._normalize(pixels)
+            x = self.normalize(pixels)
             size = tuple(x.shape[-2:])
             target = model_shape(size[0], size[1], scale)
             if target != size:

@@ -332,6 +332,20 @@ def _make_encoder(spec: ModelSpec) -> tuple[nn.Module, int]:
     return module, int(encoder.out_channels[-1])
 
 
+def pad_to_stride(x: Tensor, stride: int) -> Tensor:
+    """Pad (N, C, H, W) on the bottom/right to multiples of ``stride``.
+
+    Reflect, or replicate when the input is too small to reflect. :class:`DeepLabV3` pads this
+    way itself; test-time flips pad first, so that a flipped copy stays on the same lattice.
+    """
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    pad_h, pad_w = -height % stride, -width % stride
+    if not (pad_h or pad_w):
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 class DeepLabV3(nn.Module):
     """DeepLabV3: encoder at OS 16/8 -> ASPP -> 1x1 classifier -> bilinear upsampling.
 
@@ -367,11 +381,7 @@ class DeepLabV3(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = int(x.shape[-2]), int(x.shape[-1])
-        pad_h = -height % self.spec.output_stride
-        pad_w = -width % self.spec.output_stride
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = pad_to_stride(x, self.spec.output_stride)
         logits = self.classifier(self.aspp(self.features(x)))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]

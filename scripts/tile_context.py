@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import default_checkpoint
+from pipeline.files import read_checkpoint_metadata
 from pipeline.geo import pixel_size_m
-from pipeline.infer import FLIP_DIMS, TorchSegmenter
+from pipeline.infer import FLIP_DIMS, CheckpointSource, TorchSegmenter, model_shape
 
 DEMO = Path(__file__).resolve().parents[2] / "shared/data/real/inria_austin/images/aerial_sample.tif"
 
@@ -74,18 +74,16 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--flips", type=int, choices=sorted(FLIP_DIMS), default=0)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    loaded = load_checkpoint(args.model or default_checkpoint())
-    threshold, stride = loaded.info.threshold, loaded.spec.output_stride
-    seg = TorchSegmenter(
-        model=loaded.model, mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"), flips=args.flips
-    )
+    path = str(args.model or default_checkpoint())
+    meta = read_checkpoint_metadata(path)
+    threshold, stride = float(meta["threshold"]), int(meta["output_stride"])
+    seg = CheckpointSource(path, device="cpu", threads=2, flips=args.flips).load()
+    assert isinstance(seg, TorchSegmenter)
     with rasterio.open(args.scene) as src:
         pixels = src.read([1, 2, 3])
         gsd = pixel_size_m(src.crs, tuple(src.transform), src.bounds)
-    x = (torch.from_numpy(pixels[None]).float() / 255.0 - 0.5) / 0.5
-    scale = gsd / loaded.info.gsd_m
-    size = (round(pixels.shape[1] * scale), round(pixels.shape[2] * scale))
+    size = model_shape(pixels.shape[1], pixels.shape[2], gsd / float(meta["gsd_m"]))
+    x = seg.normalize(pixels[None])
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     whole = predict(seg, x) >= threshold
     print(f"model space {size[0]} x {size[1]} px, threshold {threshold}, flips {args.flips}")

@@ -263,3 +263,16 @@ def test_four_band_input_with_imagenet_weights() -> None:
     assert stem.shape[1] == 4
     with torch.no_grad():
         assert model(torch.rand(1, 4, 40, 40)).shape == (1, 2, 40, 40)
+
+
+def test_pad_to_stride_reflects_or_replicates_bottom_right() -> None:
+    from pipeline.model import pad_to_stride
+
+    x = torch.arange(2 * 5 * 7, dtype=torch.float32).view(1, 2, 5, 7)
+    padded = pad_to_stride(x, 4)
+    assert padded.shape == (1, 2, 8, 8)
+    assert torch.equal(padded[..., :5, :7], x)
+    assert torch.equal(padded[..., 5, :7], x[..., 3, :])  # reflect: row 5 mirrors row 3
+    assert pad_to_stride(x, 1) is x
+    tiny = torch.ones(1, 1, 2, 2)
+    assert pad_to_stride(tiny, 16).shape == (1, 1, 16, 16)  # too small to reflect: replicate
