@@ -9,7 +9,9 @@ DATASET.yaml
     gsd_m: 0.5                     # training GSD in metres: every crop and val scene is resampled to it
     boundary_px: 2                 # boundary-target width in pixels at the training GSD (default 2)
     contact_px: 0                  # > 0: the second class is "contact" instead (see below; default 0)
+    separators: [boundary, contact]  # optional: several classes after building (needs contact_px > 0)
     building_crop_fraction: 0.667  # share of crops centred near a random building pixel (default 2/3)
+    grayscale_fraction: 0.2        # share of crops turned to luma x 3 (panchromatic inputs; default 0)
     sources:
       inria_austin:                # source name (free text)
         weight: 1.0                # source sampling weight: balance, not pixels (default 1; 0 = val only)
@@ -67,6 +69,11 @@ of the mask). It marks only where neighbours meet, the strip that splits a merge
 ``contact_px`` of a few metres it is wide enough to be drawn on DeepLabV3's stride-16 cells, which a
 1 m inner border is not. The split treats either class the same way.
 
+``separators: [boundary, contact]`` trains both, as the SpaceNet 4 winners did (body, border and
+the separation strip between neighbours): the model then has three classes, and inference hands
+the split the larger of the two separator probabilities per pixel, so seeds are
+body x (1 - border) x (1 - separation).
+
 Sampling (:class:`pipeline.sampling.CropSampler`): a source by weight, then a scene of it (by
 item weight, uniform by default), then a crop: a native window of
 ``crop * gsd_train / gsd_scene`` pixels (times a scale jitter in U(0.8, 1.25)) resized to
@@ -94,14 +101,16 @@ import rasterio.features
 import rasterio.warp
 import yaml
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 from scipy import ndimage
 
+from pipeline.chips import Chip, group_chips, mosaic
 from pipeline.errors import ConfigError, InputNotFoundError, RasterReadError
 from pipeline.geo import pixel_size_m
+from pipeline.storage import LOCAL_SIDECARS
 
 __all__ = [
     "IGNORE",
@@ -149,6 +158,8 @@ class ItemSpec(_Strict):
     gsd_m: float | None = Field(None, gt=0, description="Native GSD when the image has no CRS.")
     weight: float = Field(1.0, gt=0, description="Sampling weight among the source's scenes.")
     black_is_nodata: bool | None = Field(None, description="Overrides the source's setting.")
+    mosaic: bool = Field(False, description="Join the glob's touching chips into one scene per group.")
+    georef: Literal["file", "xyz"] = Field("file", description="xyz: grid from an -X-Y-Z chip name.")
 
 
 class SourceSpec(_Strict):
@@ -161,6 +172,7 @@ class SourceSpec(_Strict):
     building_values: list[int] | None = Field(None, description="Building mask values; default > 0.")
     ignore_values: list[int] = Field(default_factory=list)
     black_is_nodata: bool = False
+    weight_by_area: bool = Field(False, description="Draw scenes in proportion to their valid area.")
     items: list[ItemSpec] = Field(min_length=1)
 
 
@@ -172,12 +184,31 @@ class DatasetSpec(_Strict):
     boundary_px: int = Field(2, ge=0, le=32)
     contact_px: int = Field(0, ge=0, le=64)
     building_crop_fraction: float = Field(2.0 / 3.0, ge=0.0, le=1.0)
+    grayscale_fraction: float = Field(0.0, ge=0.0, le=1.0, description="Share of crops made grey.")
+    separators: tuple[Literal["boundary", "contact"], ...] | None = Field(
+        None, min_length=1, description="Classes after building; default contact or boundary."
+    )
     sources: dict[str, SourceSpec] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _contact_needs_width(self) -> DatasetSpec:
+        if self.separators is not None and "contact" in self.separators and self.contact_px <= 0:
+            raise ValueError("separators lists contact, so contact_px must be > 0")
+        if self.separators is not None and len(set(self.separators)) != len(self.separators):
+            raise ValueError("separators lists a class twice")
+        return self
+
     @property
-    def separator(self) -> str:
-        """Name of the second class: ``"contact"`` when ``contact_px > 0``, else ``"boundary"``."""
-        return "contact" if self.contact_px > 0 else "boundary"
+    def separator_classes(self) -> tuple[str, ...]:
+        """The classes after building: ``separators``, else contact when ``contact_px > 0``, else boundary."""
+        if self.separators is not None:
+            return tuple(self.separators)
+        return ("contact",) if self.contact_px > 0 else ("boundary",)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The model's output classes, in channel order."""
+        return ("building", *self.separator_classes)
 
 
 def parse_dataset(path: str | os.PathLike[str]) -> DatasetSpec:
@@ -242,7 +273,8 @@ def _open(path: Path) -> Any:
     if not path.is_file():
         raise InputNotFoundError(f"{path}: file not found; fix the path in the DATASET.yaml")
     try:
-        return rasterio.open(path)
+        with rasterio.Env(**LOCAL_SIDECARS):
+            return rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
         raise RasterReadError(f"{path}: cannot be read as a raster ({exc}); use GeoTIFF, PNG or JPG") from exc
 
@@ -426,6 +458,7 @@ class Scene:
     image_path: Path
     label_path: Path
     grid: RasterGrid
+    chips: int = 1
     building_index: NDArray[np.int64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -434,22 +467,34 @@ class Scene:
         self.building_index = flat[::step].astype(np.int64)
 
     def describe(self, root: Path) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "image": self.name,
             "label": os.path.relpath(self.label_path, root),
             "gsd_m": round(self.gsd_m, 6),
             "shape": list(self.label.shape),
         }
+        return out if self.chips == 1 else {**out, "chips": self.chips}
 
 
 @dataclass(frozen=True)
 class _Resolved:
+    """One scene: a single image, or a group of touching chips (``item.mosaic``)."""
+
     source: str
     index: int
-    image: Path
-    label: Path
+    images: tuple[Path, ...]
+    labels: tuple[Path, ...]
     item: ItemSpec
+    chips: tuple[Chip, ...] = ()
+
+    @property
+    def image(self) -> Path:
+        return self.images[0]
+
+    @property
+    def label(self) -> Path:
+        return self.labels[0]
 
 
 def _expand(spec: DatasetSpec, root: Path, where: Path) -> list[_Resolved]:
@@ -465,43 +510,88 @@ def _expand(spec: DatasetSpec, root: Path, where: Path) -> list[_Resolved]:
                 raise InputNotFoundError(
                     f"{loc}: image pattern {pattern!r} matches no file; fix it or the root"
                 )
-            for image in paths:
-                if not image.is_file():
-                    raise InputNotFoundError(f"{loc}: image {image} not found; fix the path or the root")
-                label = root / item.label.replace("{stem}", image.stem).replace("{name}", image.name)
-                if not label.is_file():
-                    raise InputNotFoundError(
-                        f"{loc}: label {label} (for {image.name}) not found; fix the label path"
-                    )
-                out.append(_Resolved(name, i, image, label, item))
+            pairs = [(image, _label_path(root, item, image, loc)) for image in paths]
+            if item.mosaic:
+                out.extend(_mosaic_scenes(name, i, item, pairs, loc))
+            else:
+                out.extend(_Resolved(name, i, (image,), (label,), item) for image, label in pairs)
     return out
+
+
+def _label_path(root: Path, item: ItemSpec, image: Path, loc: str) -> Path:
+    if not image.is_file():
+        raise InputNotFoundError(f"{loc}: image {image} not found; fix the path or the root")
+    label = root / item.label.replace("{stem}", image.stem).replace("{name}", image.name)
+    if not label.is_file():
+        raise InputNotFoundError(f"{loc}: label {label} (for {image.name}) not found; fix the label path")
+    return label
+
+
+def _mosaic_scenes(
+    source: str, index: int, item: ItemSpec, pairs: Sequence[tuple[Path, Path]], loc: str
+) -> list[_Resolved]:
+    """One scene per group of touching chips; labels must be vector files (burnt on the mosaic)."""
+    for _, label in pairs:
+        if label.suffix.lower() not in VECTOR_SUFFIXES:
+            raise ConfigError(f"{loc}: mosaic: true needs vector labels, not {label.name}; give GeoJSON/GPKG")
+    label_of = dict(pairs)
+    chips = [Chip.open(image, georef=item.georef) for image, _ in pairs]
+    return [
+        _Resolved(
+            source,
+            index,
+            tuple(c.path for c in group),
+            tuple(dict.fromkeys(label_of[c.path] for c in group)),
+            item,
+            tuple(group),
+        )
+        for group in group_chips(chips)
+    ]
 
 
 def _check_unique(items: Sequence[_Resolved], where: Path) -> None:
     seen: dict[Path, _Resolved] = {}
-    for r in items:
-        key = r.image.resolve()
+    for r, image in ((res, path) for res in items for path in res.images):
+        key = image.resolve()
         if key in seen:
             other = seen[key]
             raise ConfigError(
-                f"{where}: {r.image} is listed twice (sources.{other.source}.items[{other.index}], "
+                f"{where}: {image} is listed twice (sources.{other.source}.items[{other.index}], "
                 f"{other.item.split}, and sources.{r.source}.items[{r.index}], {r.item.split}); "
                 "list every scene once so train and val cannot overlap"
             )
         seen[key] = r
 
 
+def _read_mosaic(
+    r: _Resolved, black_is_nodata: bool
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8], RasterGrid]:
+    bands, valid, crs, transform = mosaic(r.chips)
+    image = np.ascontiguousarray(_to_uint8(bands, valid).transpose(1, 2, 0))
+    if black_is_nodata:
+        valid &= image.any(axis=2)
+    grid = RasterGrid(crs=crs, transform=transform, shape=(image.shape[0], image.shape[1]))
+    label = np.zeros(grid.shape, np.uint8)
+    for path in r.labels:
+        label |= rasterize_vector(path, grid)
+    label[~valid] = IGNORE
+    return image, label, grid
+
+
 def _load_scene(r: _Resolved, source: SourceSpec, where: Path, root: Path) -> Scene:
     black = source.black_is_nodata if r.item.black_is_nodata is None else r.item.black_is_nodata
-    image, valid, grid = read_image(r.image, black_is_nodata=black)
-    rules = LabelRules(
-        label_color=source.label_color,
-        ignore_colors=tuple(source.ignore_colors),
-        building_values=None if source.building_values is None else tuple(source.building_values),
-        ignore_values=tuple(source.ignore_values),
-    )
-    label = read_label(r.label, grid, rules)
-    label[~valid] = IGNORE
+    if r.chips:
+        image, label, grid = _read_mosaic(r, black)
+    else:
+        image, valid, grid = read_image(r.image, black_is_nodata=black)
+        rules = LabelRules(
+            label_color=source.label_color,
+            ignore_colors=tuple(source.ignore_colors),
+            building_values=None if source.building_values is None else tuple(source.building_values),
+            ignore_values=tuple(source.ignore_values),
+        )
+        label = read_label(r.label, grid, rules)
+        label[~valid] = IGNORE
     if grid.georeferenced:
         gsd = grid.gsd_m()
     elif (r.item.gsd_m or source.gsd_m) is not None:
@@ -511,12 +601,16 @@ def _load_scene(r: _Resolved, source: SourceSpec, where: Path, root: Path) -> Sc
             f"{where}: sources.{r.source}.items[{r.index}]: {r.image} is not georeferenced; "
             "set gsd_m (metres per pixel) on the item or the source"
         )
+    weight = r.item.weight
+    if source.weight_by_area:  # valid area in hectares: big regions are drawn more often
+        weight *= max(float(np.count_nonzero(label != IGNORE)) * gsd * gsd / 1e4, 1e-6)
     return Scene(
         source=r.source,
         name=os.path.relpath(r.image, root),
         split=r.item.split,
         gsd_m=gsd,
-        weight=r.item.weight,
+        weight=weight,
+        chips=len(r.images),
         image=image,
         label=label,
         image_path=r.image,
@@ -552,7 +646,7 @@ def _resolve(where: Path) -> tuple[DatasetSpec, Path, list[_Resolved]]:
     return spec, root, resolved
 
 
-def dataset_files(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+def dataset_files(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every scene a DATASET.yaml lists (globs expanded, files checked, nothing loaded).
 
     One dict per scene: ``source``, ``split``, ``image`` and ``label`` (absolute paths).
@@ -560,6 +654,7 @@ def dataset_files(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     _, _, resolved = _resolve(Path(path))
     return [
         {"source": r.source, "split": r.item.split, "image": str(r.image), "label": str(r.label)}
+        | ({"images": [str(p) for p in r.images]} if len(r.images) > 1 else {})
         for r in resolved
     ]
 
@@ -619,18 +714,29 @@ def contact_target(
     return np.asarray(contact)
 
 
-def make_target(label: NDArray[np.uint8], *, boundary_px: int, contact_px: int = 0) -> NDArray[np.uint8]:
-    """(H, W) 0/1/IGNORE label -> (2, H, W) uint8 target; IGNORE on no-data.
+def make_target(
+    label: NDArray[np.uint8],
+    *,
+    boundary_px: int,
+    contact_px: int = 0,
+    separators: Sequence[str] | None = None,
+) -> NDArray[np.uint8]:
+    """(H, W) 0/1/IGNORE label -> (1 + S, H, W) uint8 target; IGNORE on no-data.
 
-    The channels are building and boundary (inner border of ``boundary_px``), or building and
-    contact when ``contact_px > 0``.
+    Channel 0 is building; then one channel per separator class: ``"boundary"`` (inner border of
+    ``boundary_px``) and/or ``"contact"`` (where two buildings meet, ``contact_px``). Without
+    ``separators`` the second channel is contact when ``contact_px > 0``, else boundary.
     """
     building = label == 1
     ignore = label == IGNORE
-    if contact_px > 0:
-        second = contact_target(building, width_px=contact_px, unknown=ignore)
-    else:
-        second = boundary_target(building, width_px=boundary_px, unknown=ignore)
-    target = np.stack([building, second]).astype(np.uint8)
+    if separators is None:
+        separators = ("contact",) if contact_px > 0 else ("boundary",)
+    channels = [building]
+    for name in separators:
+        if name == "contact":
+            channels.append(contact_target(building, width_px=contact_px, unknown=ignore))
+        else:
+            channels.append(boundary_target(building, width_px=boundary_px, unknown=ignore))
+    target = np.stack(channels).astype(np.uint8)
     target[:, ignore] = IGNORE
     return target

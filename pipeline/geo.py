@@ -1,7 +1,9 @@
 """Coordinate reference systems and metric units.
 
 Areas and tolerances are always in metres. A projected CRS in metres is used as
-is; anything else (a geographic CRS, feet) works in the UTM zone of the scene's
+is where its scale at the scene's centre is within 1 % of true; anything else (a
+geographic CRS, feet, Web Mercator away from the equator, where a "metre" is
+1 / cos(latitude) metres on the ground) works in the UTM zone of the scene's
 centre, so ``min_area_m2`` means square metres on Rio's EPSG:4326 tiles too.
 """
 
@@ -13,12 +15,14 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 from pyproj import CRS as ProjCRS
-from pyproj import Transformer
+from pyproj import Proj, Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
 
 WGS84 = ProjCRS.from_epsg(4326)
+MAX_SCALE_ERROR = 0.01
+"""A metric CRS is measured in directly only where its point scale is within 1 % of true."""
 
 
 def _is_metric_projected(crs: ProjCRS) -> bool:
@@ -26,6 +30,18 @@ def _is_metric_projected(crs: ProjCRS) -> bool:
         return False
     units = {ax.unit_name.lower() for ax in crs.axis_info}
     return units <= {"metre", "meter", "m"}
+
+
+def _true_scale(crs: ProjCRS, lon: float, lat: float) -> bool:
+    """Whether ``crs``'s areal scale at ``(lon, lat)`` is within :data:`MAX_SCALE_ERROR` of 1."""
+    if not (np.isfinite(lon) and np.isfinite(lat)):
+        return True
+    try:
+        factors = Proj(crs).get_factors(lon, lat)
+    except Exception:  # pyproj raises ProjError or RuntimeError for points it cannot project
+        return True
+    scale = float(np.sqrt(factors.areal_scale))
+    return not np.isfinite(scale) or abs(scale - 1.0) <= MAX_SCALE_ERROR
 
 
 def utm_for(lon: float, lat: float) -> ProjCRS:
@@ -50,12 +66,12 @@ class MetricFrame:
     @classmethod
     def for_scene(cls, crs: CRS | ProjCRS, bounds: tuple[float, float, float, float]) -> MetricFrame:
         scene = ProjCRS.from_user_input(crs.to_wkt() if isinstance(crs, CRS) else crs)
-        if _is_metric_projected(scene):
-            return cls(scene=scene, metric=scene)
         left, bottom, right, top = bounds
         to_ll = Transformer.from_crs(scene, WGS84, always_xy=True)
-        lon, lat = to_ll.transform((left + right) / 2, (bottom + top) / 2)
-        return cls(scene=scene, metric=utm_for(float(lon), float(lat)))
+        lon, lat = (float(v) for v in to_ll.transform((left + right) / 2, (bottom + top) / 2))
+        if _is_metric_projected(scene) and _true_scale(scene, lon, lat):
+            return cls(scene=scene, metric=scene)
+        return cls(scene=scene, metric=utm_for(lon, lat))
 
     @property
     def identity(self) -> bool:

@@ -27,10 +27,11 @@ if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
 class Segmenter(Protocol):
     """Maps uint8 pixels ``(N, 3, H, W)`` to uint8 probabilities ``(N, K, H, W)``.
 
-    Channel 0 is the building probability; a model with a boundary class adds it as
-    channel 1. ``scale`` is the resampling factor from input pixels to model pixels
-    (input GSD / model GSD): the segmenter resamples its input by it and its output
-    back, so callers always see the input grid.
+    Channel 0 is the building probability; a model with separator classes (boundary,
+    contact, or both) adds channel 1, the larger of their probabilities. ``scale`` is the
+    resampling factor from input pixels to model pixels (input GSD / model GSD): the
+    segmenter resamples its input by it and its output back, so callers always see the
+    input grid.
     """
 
     def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]: ...
@@ -71,6 +72,19 @@ def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:
 
     q = torch.clamp(prob * 255.0 + 0.5, 0, 255).to(torch.uint8)
     return np.ascontiguousarray(q.cpu().numpy())
+
+
+def merge_separators(prob: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) -> (N, min(K, 2), H, W): building, then the max over the separator classes.
+
+    A pixel is a separator when it is on a building's border *or* in the strip between two
+    buildings, so the split's seeds are body x (1 - border) x (1 - separation).
+    """
+    import torch
+
+    if prob.shape[1] <= 2:
+        return prob
+    return torch.cat([prob[:, :1], prob[:, 1:].amax(dim=1, keepdim=True)], dim=1)
 
 
 @dataclass
@@ -148,7 +162,7 @@ class TorchSegmenter:
             target = model_shape(size[0], size[1], scale)
             if target != size:
                 x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
-            prob = self.probabilities(x)
+            prob = merge_separators(self.probabilities(x))
             if target != size:
                 prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
             return to_uint8_probability(prob)

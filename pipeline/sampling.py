@@ -52,14 +52,21 @@ class ValScene:
         return np.asarray(self.target[0] != IGNORE)
 
 
-def resample_scene(scene: Scene, *, gsd_m: float, boundary_px: int, contact_px: int = 0) -> ValScene:
+def resample_scene(
+    scene: Scene,
+    *,
+    gsd_m: float,
+    boundary_px: int,
+    contact_px: int = 0,
+    separators: Sequence[str] | None = None,
+) -> ValScene:
     """Resample a whole scene to ``gsd_m`` and build its target."""
     h, w = scene.label.shape
     factor = scene.gsd_m / gsd_m
     out_h, out_w = max(1, round(h * factor)), max(1, round(w * factor))
     image = resize_image(scene.image, out_h, out_w)
     label = resize_nearest(scene.label, out_h, out_w)
-    target = make_target(label, boundary_px=boundary_px, contact_px=contact_px)
+    target = make_target(label, boundary_px=boundary_px, contact_px=contact_px, separators=separators)
     return ValScene(scene.source, scene.name, image, target)
 
 
@@ -68,7 +75,11 @@ def validation_scenes(dataset: Dataset, *, split: str = "val") -> Iterator[ValSc
     for scene in dataset.split(split):
         spec = dataset.spec
         yield resample_scene(
-            scene, gsd_m=spec.gsd_m, boundary_px=spec.boundary_px, contact_px=spec.contact_px
+            scene,
+            gsd_m=spec.gsd_m,
+            boundary_px=spec.boundary_px,
+            contact_px=spec.contact_px,
+            separators=spec.separator_classes,
         )
 
 
@@ -91,6 +102,16 @@ def color_jitter(
     x = grey + (x - grey) * np.float32(saturation)
     x *= gains
     return np.asarray(np.clip(np.rint(x), 0, 255), dtype=np.uint8)
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+"""ITU-R BT.601 luma weights: a stand-in for a panchromatic band."""
+
+
+def to_grayscale(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(H, W, 3) RGB -> its luma repeated in three bands, as inference repeats a single band."""
+    luma = np.clip(np.rint(image.astype(np.float32) @ LUMA), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(luma[:, :, None], 3, axis=2))
 
 
 def _dihedral(
@@ -142,14 +163,18 @@ class CropSampler:
         crop: int,
         boundary_px: int = 2,
         contact_px: int = 0,
+        separators: Sequence[str] | None = None,
         building_fraction: float = 2.0 / 3.0,
         scale_jitter: tuple[float, float] = (0.8, 1.25),
         augment: bool = True,
         color_strength: float = 0.2,
+        grayscale_fraction: float = 0.0,
     ) -> None:
         self.gsd_m, self.crop, self.boundary_px, self.contact_px = gsd_m, crop, boundary_px, contact_px
+        self.separators = None if separators is None else tuple(separators)
         self.building_fraction, self.scale_jitter = building_fraction, scale_jitter
         self.augment, self.color_strength = augment, color_strength
+        self.grayscale_fraction = grayscale_fraction
         self.groups: dict[str, list[Scene]] = {}
         for scene in scenes:
             if source_weights.get(scene.source, 0.0) > 0:
@@ -171,7 +196,9 @@ class CropSampler:
         spec = dataset.spec
         kwargs.setdefault("boundary_px", spec.boundary_px)
         kwargs.setdefault("contact_px", spec.contact_px)
+        kwargs.setdefault("separators", spec.separator_classes)
         kwargs.setdefault("building_fraction", spec.building_crop_fraction)
+        kwargs.setdefault("grayscale_fraction", spec.grayscale_fraction)
         weights = {name: src.weight for name, src in spec.sources.items()}
         return cls(dataset.split("train"), source_weights=weights, gsd_m=spec.gsd_m, crop=crop, **kwargs)
 
@@ -205,11 +232,15 @@ class CropSampler:
         image, label = _extract(scene, y0, x0, size)
         image = resize_image(image, out, out)[margin : margin + self.crop, margin : margin + self.crop]
         label = resize_nearest(label, out, out)
-        target = make_target(label, boundary_px=self.boundary_px, contact_px=self.contact_px)
+        target = make_target(
+            label, boundary_px=self.boundary_px, contact_px=self.contact_px, separators=self.separators
+        )
         target = target[:, margin : margin + self.crop, margin : margin + self.crop]
         if self.augment:
             image, target = _dihedral(image, target, rng)
             image = color_jitter(image, rng, self.color_strength)
+            if self.grayscale_fraction > 0 and rng.random() < self.grayscale_fraction:
+                image = to_grayscale(image)
         return Crop(scene.source, scene.name, np.ascontiguousarray(image), np.ascontiguousarray(target))
 
     def draw(self, rng: np.random.Generator) -> Crop:

@@ -151,6 +151,10 @@ def configure_gdal_s3() -> None:
 #: Opening ``/vsis3/…/scene.tif`` need not list the prefix looking for sidecar files.
 GDAL_S3_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
+#: Local files may keep their georeference in a sidecar (``.aux.xml``, ``.tfw``): GDAL finds
+#: those only when it lists the folder, which :data:`GDAL_S3_DEFAULTS` turns off for S3.
+LOCAL_SIDECARS = {"GDAL_DISABLE_READDIR_ON_OPEN": "FALSE"}
+
 
 def redact(text: str) -> str:
     """``text`` with credential values and URL user-info replaced by ``***``."""

@@ -146,27 +146,32 @@ def _soft_dice(prob: Tensor, truth: Tensor, weight: Tensor) -> Tensor:
 def segmentation_loss(
     logits: Tensor, target: Tensor, *, boundary_weight: float = 0.5, boundary_dice: bool = False
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """BCE + Dice (building) + ``boundary_weight`` x BCE (second class), ignoring target 255.
+    """BCE + Dice (building) + ``boundary_weight`` x BCE (each separator class), ignoring target 255.
 
-    ``boundary_dice`` adds a soft Dice term to the second class as well: a rare class such as
-    contact otherwise settles on probabilities far below 0.5. ``logits`` (N, 2, H, W); ``target``
-    (N, 2, H, W) uint8 with 0/1 and 255 on no-data. Returns the total loss and its detached parts.
+    ``boundary_dice`` adds a soft Dice term to the separator classes as well: a rare class such as
+    contact otherwise settles on probabilities far below 0.5. ``logits`` (N, K, H, W); ``target``
+    (N, K, H, W) uint8 with 0/1 and 255 on no-data; channel 0 is building, channels 1.. are the
+    separators (boundary, contact). Returns the total loss and its detached parts.
     """
     logits = logits.float()
     weight = (target[:, 0] != IGNORE).float()
     count = weight.sum().clamp(min=1.0)
     building = (target[:, 0] == 1).float()
-    boundary = (target[:, 1] == 1).float()
     bce = F.binary_cross_entropy_with_logits(logits[:, 0], building, reduction="none")
     bce_building = (bce * weight).sum() / count
     dice = _soft_dice(torch.sigmoid(logits[:, 0]), building, weight)
-    bce = F.binary_cross_entropy_with_logits(logits[:, 1], boundary, reduction="none")
-    second = (bce * weight).sum() / count
-    parts = {"bce": bce_building.detach(), "dice": dice.detach(), "boundary": second.detach()}
-    if boundary_dice:
-        second_dice = _soft_dice(torch.sigmoid(logits[:, 1]), boundary, weight)
-        parts["boundary_dice"] = second_dice.detach()
-        second = second + second_dice
+    parts = {"bce": bce_building.detach(), "dice": dice.detach()}
+    second = torch.zeros((), device=logits.device)
+    for k in range(1, logits.shape[1]):
+        truth = (target[:, k] == 1).float()
+        bce = F.binary_cross_entropy_with_logits(logits[:, k], truth, reduction="none")
+        term = (bce * weight).sum() / count
+        parts["boundary" if k == 1 else f"separator{k}"] = term.detach()
+        if boundary_dice:
+            term_dice = _soft_dice(torch.sigmoid(logits[:, k]), truth, weight)
+            parts["boundary_dice" if k == 1 else f"separator{k}_dice"] = term_dice.detach()
+            term = term + term_dice
+        second = second + term
     return bce_building + dice + boundary_weight * second, parts
 
 
@@ -319,32 +324,45 @@ def _resolve_device(name: str) -> torch.device:
 
 
 def _warm_start(model: DeepLabV3, spec: ModelSpec, path: Path) -> None:
-    """Start from a footprints checkpoint's weights (same architecture) instead of ImageNet.
+    """Start from a footprints checkpoint's weights (same encoder and stride) instead of ImageNet.
 
-    The class *names* may differ (a boundary model can be fine-tuned into a contact model: the
-    second output channel is retrained), their number may not.
+    Every weight is copied except the final classifier's, which is copied per class *name*: a
+    class the checkpoint has keeps its weights, a new one (say ``contact``, added to a
+    ``building, boundary`` model) starts from its fresh initialisation. With the same number of
+    classes and other names (a boundary model fine-tuned into a contact model) the channels are
+    copied by position.
     """
     from pipeline.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(path)
-    theirs = (loaded.spec.encoder, loaded.spec.output_stride, len(loaded.spec.classes))
-    ours = (spec.encoder, spec.output_stride, len(spec.classes))
-    if theirs != ours:
+    theirs = (loaded.spec.encoder, loaded.spec.output_stride)
+    if theirs != (spec.encoder, spec.output_stride):
         raise ConfigError(
-            f"{path}: --init checkpoint is {theirs[0]} at OS {theirs[1]} with classes "
-            f"{list(loaded.spec.classes)}, not {ours[0]} at OS {ours[1]} with {list(spec.classes)}; "
-            "pass matching --encoder/--output-stride"
+            f"{path}: --init checkpoint is {theirs[0]} at OS {theirs[1]}, not {spec.encoder} at OS "
+            f"{spec.output_stride}; pass matching --encoder/--output-stride"
         )
-    model.load_state_dict(loaded.model.state_dict(), strict=True)
+    state = loaded.model.state_dict()
+    head = {k: state.pop(k) for k in ("classifier.weight", "classifier.bias")}
+    model.load_state_dict(state, strict=False)
+    old, new = list(loaded.spec.classes), list(spec.classes)
+    by_name = {i: old.index(c) for i, c in enumerate(new) if c in old}
+    if len(old) == len(new) and len(by_name) < len(new):
+        by_name = {i: i for i in range(len(new))}
+    bias = model.classifier.bias
+    assert bias is not None  # the classifier is built with a bias (pipeline.model)
+    with torch.no_grad():
+        for i, j in by_name.items():
+            model.classifier.weight[i] = head["classifier.weight"][j]
+            bias[i] = head["classifier.bias"][j]
 
 
-def _new_run(opts: TrainOptions, device: torch.device, separator: str) -> _Run:
+def _new_run(opts: TrainOptions, device: torch.device, classes: tuple[str, ...]) -> _Run:
     _seed_everything(opts.seed)
     spec = ModelSpec(
         encoder=opts.encoder,
         encoder_weights=opts.encoder_weights,
         output_stride=opts.output_stride,
-        classes=("building", separator),
+        classes=classes,
     )
     model = build_model(spec)
     if opts.init is not None:
@@ -407,7 +425,7 @@ def _check_resumable(saved: Mapping[str, Any], opts: TrainOptions, path: Path) -
         )
 
 
-def _resume_run(opts: TrainOptions, device: torch.device, separator: str) -> _Run:
+def _resume_run(opts: TrainOptions, device: torch.device, classes: tuple[str, ...]) -> _Run:
     path = state_path(opts.out)
     if not path.is_file():
         raise CheckpointError(
@@ -424,7 +442,7 @@ def _resume_run(opts: TrainOptions, device: torch.device, separator: str) -> _Ru
             f"{path}: not a footprints training state; delete it and train without --resume"
         )
     _check_resumable(state["options"], opts, path)
-    run = _new_run(opts, device, separator)
+    run = _new_run(opts, device, classes)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -506,6 +524,7 @@ def _metadata(
             "options": asdict(opts),
             "boundary_px": dataset.spec.boundary_px,
             "contact_px": dataset.spec.contact_px,
+            "classes": list(dataset.spec.classes),
             "validation_history": run.history,
         },
     }
@@ -706,7 +725,7 @@ def train(
     dataset = load_dataset(data)
     sampler = CropSampler.from_dataset(dataset, crop=crop)
     val = list(validation_scenes(dataset))
-    separator = dataset.spec.separator
-    run = _resume_run(opts, dev, separator) if resume else _new_run(opts, dev, separator)
+    classes = dataset.spec.classes
+    run = _resume_run(opts, dev, classes) if resume else _new_run(opts, dev, classes)
     check_rates(crop, output_stride, run.spec.rates)
     return _loop(run, dataset, sampler, val, progress)

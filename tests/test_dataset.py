@@ -27,7 +27,7 @@ from pipeline.dataset import (
     parse_dataset,
 )
 from pipeline.errors import ConfigError, FootprintsError, InputNotFoundError
-from pipeline.sampling import CropSampler, resample_scene
+from pipeline.sampling import CropSampler, resample_scene, to_grayscale
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -398,6 +398,47 @@ def test_augmented_batches_are_deterministic_under_a_seed(tmp_path: Path) -> Non
     assert set(np.unique(y1)) <= {0, 1, IGNORE}
 
 
+def test_make_target_with_both_separators_stacks_boundary_then_contact() -> None:
+    label = np.zeros((12, 20), np.uint8)
+    label[2:10, 2:9] = 1
+    label[2:10, 11:18] = 1
+    label[0, 0] = IGNORE
+    target = make_target(label, boundary_px=1, contact_px=2, separators=("boundary", "contact"))
+    assert target.shape == (3, 12, 20)
+    np.testing.assert_array_equal(target[1], make_target(label, boundary_px=1)[1])
+    np.testing.assert_array_equal(target[2], make_target(label, boundary_px=1, contact_px=2)[1])
+    assert (target[2] == 1).any() and target[:, 0, 0].tolist() == [IGNORE] * 3
+
+
+def test_separators_need_a_contact_width(tmp_path: Path) -> None:
+    spec = {"gsd_m": 1.0, "separators": ["boundary", "contact"], "sources": {"s": {"items": [item("a")]}}}
+    with pytest.raises(ConfigError, match="contact_px must be > 0"):
+        parse_dataset(write_yaml(tmp_path / "d.yaml", spec))
+    parsed = parse_dataset(write_yaml(tmp_path / "d.yaml", {**spec, "contact_px": 2}))
+    assert parsed.classes == ("building", "boundary", "contact")
+
+
+def test_to_grayscale_is_luma_in_three_bands() -> None:
+    image = np.array([[[100, 150, 200], [0, 0, 255]]], np.uint8)
+    grey = to_grayscale(image)
+    # 0.299 * 100 + 0.587 * 150 + 0.114 * 200 = 140.75; 0.114 * 255 = 29.07
+    np.testing.assert_array_equal(grey, np.array([[[141] * 3, [29] * 3]], np.uint8))
+
+
+def test_grayscale_fraction_turns_that_share_of_crops_grey(tmp_path: Path) -> None:
+    square_scene(tmp_path, "a", size=120, box=(30, 70, 20, 60))
+    spec = {"gsd_m": 1.0, "grayscale_fraction": 0.25, "sources": {"a": {"items": [item("a")]}}}
+    dataset = load_dataset(write_yaml(tmp_path / "d.yaml", spec))
+    sampler = CropSampler.from_dataset(dataset, crop=32)
+    assert sampler.grayscale_fraction == 0.25
+    rng = np.random.default_rng(3)
+    crops = [sampler.draw(rng).image for _ in range(400)]
+    grey = [bool((c[..., 0] == c[..., 1]).all() and (c[..., 1] == c[..., 2]).all()) for c in crops]
+    assert sum(grey) / 400 == pytest.approx(0.25, abs=0.06)
+    never = CropSampler.from_dataset(dataset, crop=32, grayscale_fraction=0.0)
+    assert not any((c.image[..., 0] == c.image[..., 1]).all() for c in (never.draw(rng) for _ in range(50)))
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -408,7 +449,14 @@ def test_shipped_dataset_yaml_lists_existing_files_split_by_scene() -> None:
     for entry in files:
         assert Path(entry["image"]).is_file() and Path(entry["label"]).is_file()
     by_split = Counter(e["split"] for e in files)
-    assert by_split == {"train": 69, "val": 16}
+    assert by_split == {"train": 113, "val": 37}
+    scenes = Counter(e["source"] for e in files)
+    with_val = {e["source"] for e in files if e["split"] == "val"}
+    assert {s for s, n in scenes.items() if n >= 3} <= with_val  # every source of 3+ scenes validates
+    chips = [Path(p) for e in files for p in e.get("images", [e["image"]])]
+    assert not any(p.name.endswith("-20.png") for p in chips)  # z20 repeats the z19 ground
+    regions = {(e["split"], Path(e["image"]).parent) for e in files if e["source"].startswith("oam_")}
+    assert len({folder for _, folder in regions}) == 8
     val = {Path(e["image"]).name for e in files if e["split"] == "val"}
     assert {"aerial_sample.tif", "chicago1_24.png", "austin3_45.png", "38.png"} <= val
     assert not any("img58" in e["image"] for e in files)

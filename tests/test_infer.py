@@ -44,6 +44,29 @@ def test_probabilities_are_sigmoid_of_normalized_logits() -> None:
     assert out[0, 1, 0, 0] == out[0, 0, 0, 7]
 
 
+class ThreeClass(torch.nn.Module):
+    """Logits of building, boundary and contact from the first three input channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3] * 4
+
+
+def test_three_classes_reach_the_split_as_building_and_the_larger_separator() -> None:
+    seg = TorchSegmenter(
+        model=ThreeClass(), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), device=torch.device("cpu")
+    )
+    px = np.zeros((1, 3, 4, 4), np.uint8)
+    px[0, 0] = 255  # building everywhere
+    px[0, 1, :, :2] = 255  # boundary on the left half
+    px[0, 2, :2, :] = 255  # contact on the top half
+    out = seg.predict(px)
+    high, low = round(255 / (1 + np.exp(-4.0))), round(255 / (1 + np.exp(4.0)))
+    assert out.shape == (1, 2, 4, 4) and (out[0, 0] == high).all()
+    expected = np.full((4, 4), high)
+    expected[2:, 2:] = low  # neither boundary nor contact
+    np.testing.assert_array_equal(out[0, 1], expected)
+
+
 def test_gsd_resampling_runs_the_model_at_its_gsd_and_returns_the_input_grid() -> None:
     probe = Probe()
     px = np.full((2, 3, 200, 120), 200, np.uint8)

@@ -216,6 +216,38 @@ def test_contact_dataset_trains_a_contact_class_from_a_boundary_checkpoint(
 
 
 @pytest.mark.filterwarnings("ignore:tile size 64")
+def test_three_class_dataset_adds_a_contact_head_to_a_boundary_checkpoint(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "boundary.safetensors"
+    train(data=tiny_data, out=first, steps=1, val_every=1, checkpoint_every=1, seed=3, **TINY)
+    spec = yaml.safe_load(tiny_data.read_text())
+    both = tiny_data.parent / "BOTH.yaml"
+    both.write_text(yaml.safe_dump({**spec, "contact_px": 3, "separators": ["boundary", "contact"]}))
+    out = tmp_path / "both.safetensors"
+    train(data=both, out=out, steps=1, val_every=1, checkpoint_every=1, seed=4, init=first, **TINY, lr=1e-12)
+    loaded = load_checkpoint(out)
+    assert loaded.spec.classes == ("building", "boundary", "contact")
+    a, b = load_checkpoint(first).model.state_dict(), loaded.model.state_dict()
+    # building and boundary keep their weights by name; contact starts fresh
+    assert torch.allclose(a["classifier.weight"], b["classifier.weight"][:2], atol=1e-6)
+    assert torch.allclose(a["classifier.bias"], b["classifier.bias"][:2], atol=1e-6)
+    assert not torch.allclose(b["classifier.weight"][2], b["classifier.weight"][1], atol=1e-3)
+    assert json.loads(loaded.info.training_data)["run"]["classes"] == ["building", "boundary", "contact"]
+
+
+def test_loss_sums_every_separator_channel() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 2, (2, 3, 8, 8), dtype=torch.uint8)
+    total, parts = segmentation_loss(logits, target, boundary_weight=0.5)
+    two, _ = segmentation_loss(logits[:, :2], target[:, :2], boundary_weight=0.5)
+    third = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 2], target[:, 2].float())
+    assert float(parts["separator2"]) == pytest.approx(float(third), rel=1e-5)
+    assert float(total) == pytest.approx(float(two) + 0.5 * float(third), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
 def test_resume_continues_the_same_run(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
