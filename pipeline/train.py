@@ -81,6 +81,9 @@ __all__ = [
 THRESHOLDS: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))
 """Candidate decision thresholds on the building probability (0.30 ... 0.70)."""
 
+PROGRESS_EVERY = 25
+"""Without a terminal (nohup, CI) a plain progress line is printed every this many steps."""
+
 _BINS = 1001  # probability histogram bins: bin k holds p in [k/1000, (k+1)/1000)
 _STATE_FORMAT = 1
 _CODE_FILES = ("dataset.py", "train.py", "model.py", "encoders.py", "checkpoint.py")
@@ -654,6 +657,9 @@ def _loop(
             ema = run.loss_ema = loss if math.isnan(run.loss_ema) else 0.95 * run.loss_ema + 0.05 * loss
             run.step += 1
             update(run.step, loss=f"{ema:.4f}")
+            if progress and not console.is_terminal and run.step % PROGRESS_EVERY == 0:
+                done = run.step - first
+                console.print(f"step {run.step}/{opts.steps}: loss {ema:.4f}, {seconds / done:.2f} s/step")
             if run.step % opts.val_every == 0 or run.step == opts.steps:
                 entry = _validate(run, dataset, val, ema)
                 iou = f"{entry['iou']:.4f}@{entry['threshold']:.2f}" if "iou" in entry else "-"
