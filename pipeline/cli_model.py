@@ -58,6 +58,12 @@ def register(app: typer.Typer) -> None:
         boundary_dice: Annotated[
             bool, typer.Option("--boundary-dice", help="Add soft Dice to the second class (rare classes).")
         ] = False,
+        workers: Annotated[
+            int, typer.Option("--workers", help="Processes cropping batches (0: in the trainer, resumable).")
+        ] = 0,
+        max_minutes: Annotated[
+            float | None, typer.Option("--max-minutes", help="Stop, validate and save after this long.")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
         """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
@@ -82,6 +88,8 @@ def register(app: typer.Typer) -> None:
                 boundary_dice=boundary_dice,
                 val_every=val_every,
                 checkpoint_every=checkpoint_every,
+                workers=workers,
+                max_minutes=max_minutes,
             )
         except FootprintsError as exc:
             with friendly_errors(_err):

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from pipeline.dataset import IGNORE, Dataset, Scene, make_target
+from pipeline.dataspec import IGNORE, Dataset, Scene, make_target
 from pipeline.errors import ConfigError
 
 # --------------------------------------------------------------------------- resampling
@@ -256,3 +256,40 @@ class CropSampler:
         images = np.stack([c.image.transpose(2, 0, 1) for c in crops])
         targets = np.stack([c.target for c in crops])
         return np.ascontiguousarray(images), targets
+
+
+# --------------------------------------------------------------------------- batch streams
+
+
+def batch_stream(
+    sampler: CropSampler,
+    rng: np.random.Generator,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    seed: int = 0,
+    start: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[NDArray[np.uint8], NDArray[np.uint8]]]:
+    """Endless batches: drawn in this process from ``rng`` (``workers=0``, reproducible and
+    resumable), or by ``workers`` processes of a torch ``DataLoader``, each with its own
+    generator seeded from ``(seed, start, worker id)``, for a GPU that would otherwise wait on
+    the CPU's cropping.
+    """
+    if workers <= 0:
+        while True:
+            yield sampler.batch(rng, batch_size)
+    import torch.utils.data
+
+    class _Batches(torch.utils.data.IterableDataset[tuple[NDArray[np.uint8], NDArray[np.uint8]]]):
+        def __iter__(self) -> Iterator[tuple[NDArray[np.uint8], NDArray[np.uint8]]]:
+            info = torch.utils.data.get_worker_info()
+            local = np.random.default_rng([seed, start, 0 if info is None else info.id])
+            while True:
+                yield sampler.batch(local, batch_size)
+
+    loader = torch.utils.data.DataLoader(
+        _Batches(), batch_size=None, num_workers=workers, pin_memory=pin_memory, prefetch_factor=4
+    )
+    for images, targets in loader:
+        yield np.asarray(images), np.asarray(targets)

@@ -59,12 +59,12 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from pipeline.checkpoint import CheckpointMetadata, save_checkpoint
-from pipeline.dataset import IGNORE, Dataset, load_dataset
+from pipeline.dataspec import IGNORE, Dataset
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD, lite_variant
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.files import file_sha256
 from pipeline.model import DeepLabV3, ModelSpec, build_model, check_rates
-from pipeline.sampling import CropSampler, ValScene, validation_scenes
+from pipeline.sampling import CropSampler, ValScene, batch_stream, validation_scenes
 
 __all__ = [
     "THRESHOLDS",
@@ -112,6 +112,8 @@ class TrainOptions:
     checkpoint_every: int = 100
     val_tile: int = 1024
     init: str | None = None
+    workers: int = 0
+    max_minutes: float | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
@@ -126,6 +128,8 @@ class TrainOptions:
                 "val_every and checkpoint_every must be >= 1",
             ),
             (self.val_tile >= 64 and self.val_tile % 32 == 0, "val_tile must be a multiple of 32 and >= 64"),
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
         ]
         for ok, message in rules:
             if not ok:
@@ -561,9 +565,9 @@ def _save_model(run: _Run, dataset: Dataset, threshold: float, metrics: Mapping[
 # --------------------------------------------------------------------------- loop
 
 
-def _train_step(run: _Run, sampler: CropSampler) -> float:
+def _train_step(run: _Run, batches: Iterator[tuple[NDArray[np.uint8], NDArray[np.uint8]]]) -> float:
     run.model.train()
-    images, targets = sampler.batch(run.rng, run.opts.batch_size)
+    images, targets = next(batches)
     x = _normalize(torch.from_numpy(images), run.device).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(targets).to(run.device, non_blocking=True)
     with torch.autocast("cuda", dtype=torch.float16, enabled=run.device.type == "cuda"):
@@ -644,10 +648,18 @@ def _loop(
     run: _Run, dataset: Dataset, sampler: CropSampler, val: Sequence[ValScene], progress: bool
 ) -> dict[str, Any]:
     opts, first, seconds = run.opts, run.step, 0.0
+    batches = batch_stream(
+        sampler, run.rng, batch_size=opts.batch_size, workers=opts.workers, seed=opts.seed,
+        start=run.step, pin_memory=run.device.type == "cuda",
+    )  # fmt: skip
+    deadline = math.inf if opts.max_minutes is None else run.started + 60.0 * opts.max_minutes
     with _progress_bar(opts.steps, run.step, progress) as (update, console):
         while run.step < opts.steps:
+            if time.perf_counter() >= deadline:
+                console.print(f"step {run.step}: --max-minutes {opts.max_minutes} reached; stopping")
+                break
             started = time.perf_counter()
-            loss = _train_step(run, sampler)
+            loss = _train_step(run, batches)
             seconds += time.perf_counter() - started
             if not math.isfinite(loss):
                 raise ConfigError(
@@ -667,9 +679,23 @@ def _loop(
                 console.print(f"step {run.step}: loss {ema:.4f}, val IoU {iou} ({entry['seconds']:.1f} s)")
             if run.step % opts.checkpoint_every == 0 or run.step == opts.steps:
                 _save_state(run)
+    if run.step < opts.steps:  # stopped by the time budget: validate where it stopped
+        _validate(run, dataset, val, run.loss_ema)
+        _save_state(run)
     if run.best is None or not Path(opts.out).is_file():
         _validate(run, dataset, val, run.loss_ema)
     return _summary(run, seconds, run.step - first)
+
+
+def _load_training_data(path: Path) -> Dataset:
+    """A DATASET.yaml (read with GDAL) or a datapack (:mod:`pipeline.datapack`, torch-only machines)."""
+    if path.suffix == ".npz":
+        from pipeline.datapack import load_pack
+
+        return load_pack(path)
+    from pipeline.dataset import load_dataset
+
+    return load_dataset(path)
 
 
 def train(
@@ -695,6 +721,8 @@ def train(
     init: Path | None = None,
     threads: int | None = None,
     progress: bool = True,
+    workers: int = 0,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train DeepLabV3 on the DATASET.yaml ``data`` and write the checkpoint ``out``.
 
@@ -724,11 +752,13 @@ def train(
         checkpoint_every=checkpoint_every,
         val_tile=val_tile,
         init=None if init is None else str(init),
+        workers=workers,
+        max_minutes=max_minutes,
     )
     opts.check()
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
     dev = _resolve_device(device)
-    dataset = load_dataset(data)
+    dataset = _load_training_data(Path(data))
     sampler = CropSampler.from_dataset(dataset, crop=crop)
     val = list(validation_scenes(dataset))
     classes = dataset.spec.classes

@@ -313,3 +313,43 @@ def test_cli_train_help_lists_options() -> None:
     assert result.exit_code == 0
     for option in ("--data", "--out", "--resume", "--steps", "--device", "--batch-size", "--crop", "--seed"):
         assert option in result.output
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_a_datapack_trains_like_its_yaml_and_loads_without_gdal(tiny_data: Path, tmp_path: Path) -> None:
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from pipeline.datapack import load_pack, write_pack
+    from pipeline.dataset import load_dataset
+
+    dataset = load_dataset(tiny_data)
+    pack = write_pack(dataset, tmp_path / "pack.npz", quality=95)
+    loaded = load_pack(pack)
+    assert [s.name for s in loaded.scenes] == [s.name for s in dataset.scenes]
+    assert loaded.spec == dataset.spec
+    for a, b in zip(dataset.scenes, loaded.scenes, strict=True):
+        assert (a.source, a.split, a.gsd_m, a.weight) == (b.source, b.split, b.gsd_m, b.weight)
+        np.testing.assert_array_equal(a.label, b.label)  # labels are lossless (PNG)
+        jpeg = io.BytesIO()
+        Image.fromarray(a.image).save(jpeg, format="JPEG", quality=95, subsampling=0)
+        np.testing.assert_array_equal(np.asarray(Image.open(jpeg)), b.image)  # JPEG at quality 95
+    out = tmp_path / "packed.safetensors"
+    summary = train(data=pack, out=out, steps=2, val_every=2, checkpoint_every=2, seed=1, workers=2, **TINY)
+    assert summary["steps"] == 2 and load_checkpoint(out).spec.classes == ("building", "boundary")
+    # the GPU machine has torch but no GDAL: training from a pack must not import rasterio
+    code = "import sys, pipeline.train, pipeline.datapack; sys.exit('rasterio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_max_minutes_stops_validates_and_saves(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget.safetensors"
+    summary = train(
+        data=tiny_data, out=out, steps=500, val_every=500, checkpoint_every=500, max_minutes=1e-4, **TINY
+    )
+    assert 0 <= summary["steps"] < 500 and out.is_file() and state_path(out).is_file()
+    assert summary["history"][-1]["step"] == summary["steps"]
