@@ -3,6 +3,8 @@
 Pixel polygons are staircases. :func:`postprocess` turns them into building-like outlines,
 everything in metres (see :class:`pipeline.geo.MetricFrame`):
 
+0. :func:`pipeline.rings.canonical_rings` first: every step below depends on where a ring
+   starts and which way it runs, so the same pixels give the same outline for any block size.
 1. :func:`fill_holes` drops interior rings under ``max_hole_m2`` (mask speckle).
 2. :func:`regularize` squares each exterior ring around its :func:`dominant_orientation`
    (or plain Douglas-Peucker simplification when regularization is off).
@@ -57,6 +59,7 @@ import shapely
 from numpy.typing import NDArray
 
 from pipeline.geo import MetricFrame
+from pipeline.rings import canonical_rings
 
 Geoms = NDArray[np.object_]
 F64 = NDArray[np.float64]
@@ -617,7 +620,7 @@ def postprocess(
     geoms = _as_geoms(geoms_scene)
     if geoms.size == 0:
         return geoms
-    metric = frame.to_metric(geoms)
+    metric = canonical_rings(frame.to_metric(geoms))  # block-independent input: see pipeline.rings
     area = np.asarray(shapely.area(metric), dtype=np.float64)
     filled = fill_holes(metric, max_hole_m2=fill_holes_m2)
     if regularize:

@@ -5,7 +5,8 @@ turns its :class:`~pipeline.polygonize.Regions` into :class:`Buildings`: areas i
 (measured in a metric CRS, also for geographic scenes, see :mod:`pipeline.geo`), the
 ``min_area_m2`` filter applied *after* seams are merged (a building cut by a block edge is
 never dropped piecewise), simplification with a tolerance in metres, and stable ids from
-the scene id and each building's first pixel.
+the scene id and each building's first pixel. Rings are made canonical first
+(:mod:`pipeline.rings`), so the delivered polygons do not depend on the block size.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.errors import MissingCRSError
 from pipeline.geo import MetricFrame, pixel_size_m
 from pipeline.polygonize import Regions, polygonize_blocks
 from pipeline.regularize import polygonal_part, postprocess
+from pipeline.rings import canonical_rings
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,13 @@ def buildings_from_regions(
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
-    area = shapely.area(frame.to_metric(regions.geometry)) if len(regions) else np.empty(0)
+    raw = canonical_rings(regions.geometry)  # same rings whatever the block size: see pipeline.rings
+    area = shapely.area(frame.to_metric(raw)) if len(regions) else np.empty(0)
     keep = np.flatnonzero(area >= options.min_area_m2)
     if options.min_confidence > 0 and regions.mean is not None:
         keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
     geoms = postprocess(
-        regions.geometry[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
+        raw[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
         simplify_m=options.simplify_m, regularize=options.regularize,
         angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
     )  # fmt: skip

@@ -3,6 +3,8 @@
 * :func:`feature_mask` and :func:`label_raster`: small rasters with every seam case
   (holes cut by a seam, rings, U/n shapes, diagonal contacts, tall snakes, nodata) placed
   on the band edges of several block sizes.
+* :func:`building_mask`: buildings for post-processing tests (rectangles, L shapes,
+  courtyards, rotated staircases, diagonal contacts) over the seams of several block sizes.
 * :func:`write_big_mask`: a large tiled GeoTIFF of many small buildings, written strip by
   strip and never held whole in memory, with its exact building count and pixel total.
 """
@@ -82,6 +84,56 @@ def label_raster(height: int = 300, width: int = 320) -> NDArray[np.uint32]:
     a[99:101, 99:101] = 0
     a[128:129, :] = 0  # a background row under a seam
     a[200, 10], a[201, 11] = 77, 77  # same value touching diagonally: two regions
+    return a
+
+
+RECT, L_SHAPE, COURTYARD, ROTATED, CORNERS = range(5)
+
+
+def _paint_rotated(a: NDArray[np.uint8], cy: float, cx: float, half: tuple[float, float], deg: float) -> None:
+    """Pixels whose centres lie in a rectangle centred on (cy, cx), turned by ``deg``."""
+    reach = int(np.ceil(np.hypot(*half))) + 1
+    r0, c0 = max(0, int(cy) - reach), max(0, int(cx) - reach)
+    rr, cc = np.ogrid[r0 : min(a.shape[0], int(cy) + reach), c0 : min(a.shape[1], int(cx) + reach)]
+    y, x = rr + 0.5 - cy, cc + 0.5 - cx
+    t = np.radians(deg)
+    u, v = x * np.cos(t) + y * np.sin(t), -x * np.sin(t) + y * np.cos(t)
+    a[r0 : r0 + rr.shape[0], c0 : c0 + cc.shape[1]] |= (
+        (np.abs(u) <= half[0]) & (np.abs(v) <= half[1])
+    ).astype(np.uint8)
+
+
+def paint_building(a: NDArray[np.uint8], kind: int, r: int, c: int, h: int, w: int, deg: float = 0.0) -> None:
+    """Paint one building of ``kind`` with the box ``h x w`` at (r, c) into ``a`` (clipped).
+
+    RECT; L_SHAPE (top-right quarter cut); COURTYARD (a hole 4 px from the walls);
+    ROTATED (an ``h x 2w/3`` rectangle about the box centre turned by ``deg``: staircase
+    walls); CORNERS (two quarters of the box touching at one corner: two buildings).
+    """
+    if kind == ROTATED:
+        _paint_rotated(a, r + h / 2.0, c + w / 2.0, (h / 2.0, w / 3.0), deg)
+        return
+    if kind == CORNERS:
+        a[r : r + h // 2, c : c + w // 2] = 1
+        a[r + h // 2 : r + h, c + w // 2 : c + w] = 1
+        return
+    a[r : r + h, c : c + w] = 1
+    if kind == L_SHAPE:
+        a[r : r + h // 2, c + w // 2 : c + w] = 0
+    elif kind == COURTYARD:
+        a[r + 4 : r + h - 4, c + 4 : c + w - 4] = 0
+
+
+def building_mask(height: int = 900, width: int = 700, *, seed: int = 12) -> NDArray[np.uint8]:
+    """uint8 0/1 mask: one building per 56 px cell, cycling through the kinds of
+    :func:`paint_building`, at random offsets and sizes, so that many cross a seam."""
+    a = np.zeros((height, width), np.uint8)
+    rng = np.random.default_rng(seed)
+    for i, r0 in enumerate(range(4, height - 56, 56)):
+        for j, c0 in enumerate(range(4, width - 56, 56)):
+            r, c = r0 + int(rng.integers(0, 10)), c0 + int(rng.integers(0, 10))
+            h, w = (int(v) for v in rng.integers(14, 42, 2))
+            paint_building(a, (i * 3 + j) % 5, r, c, h, w, float(rng.uniform(5, 85)))
     return a
 
 

@@ -1,0 +1,111 @@
+"""Canonical polygon rings: one vertex sequence per shape, whatever produced the polygon.
+
+The same region reaches post-processing from GDAL (one block) or from a union of block
+pieces (several blocks) with the same vertices but a different ring start, and possibly
+with repeated or collinear vertices left on a seam and its holes in another order.
+Douglas-Peucker, squaring and even areas (summed in vertex order) depend on that
+representation, so post-processing first makes it canonical (:func:`canonical_rings`):
+
+1. :func:`drop_redundant_vertices`: repeated vertices and vertices lying on the segment
+   between their two neighbours (``cross == 0`` and ``dot > 0``: straight through, not a
+   spike) are removed from every ring, in passes until none is left. Each vertex is
+   judged by its neighbours alone and all flagged in a pass go at once, so the result does not
+   depend on where a ring starts or which way it runs.
+2. ``shapely.normalize``: every ring starts at its lexicographically smallest (x, y)
+   vertex (a corner, never a collinear vertex) and the holes are sorted.
+3. ``shapely.reverse``: normalize leaves exteriors clockwise and holes counter-clockwise;
+   reversed, exteriors are counter-clockwise and holes clockwise (OGC / RFC 7946), and
+   every ring still starts at its smallest vertex.
+
+Two polygons with the same set of ring corners therefore come out coordinate for
+coordinate identical. All steps are whole-array numpy / shapely 2 operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+Geoms = NDArray[np.object_]
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+Mask = NDArray[np.bool_]
+
+
+def _neighbours(ring: I64) -> tuple[I64, I64]:
+    """Previous and next vertex (global indexes, cyclic) of each vertex of open rings."""
+    counts: I64 = np.bincount(ring).astype(np.int64)
+    starts: I64 = np.cumsum(counts) - counts
+    first, n = starts[ring], counts[ring]
+    pos: I64 = np.arange(ring.shape[0], dtype=np.int64) - first
+    prev: I64 = first + np.mod(pos - 1, n)
+    nxt: I64 = first + np.mod(pos + 1, n)
+    return prev, nxt
+
+
+def _redundant(xy: F64, ring: I64) -> Mask:
+    """Vertices equal to their predecessor, or straight between distinct neighbours (one pass)."""
+    prev, nxt = _neighbours(ring)
+    d_in, d_out = xy - xy[prev], xy[nxt] - xy
+    repeated = np.all(d_in == 0.0, axis=1)
+    cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+    dot = d_in[:, 0] * d_out[:, 0] + d_in[:, 1] * d_out[:, 1]
+    return np.asarray(repeated | ((cross == 0.0) & (dot > 0.0)), dtype=np.bool_)
+
+
+def _open_ring_coords(rings: Geoms) -> tuple[F64, I64]:
+    """Coordinates of rings without their closing vertex, and the ring of each."""
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    counts = np.bincount(ring, minlength=rings.shape[0])
+    keep = np.ones(ring.shape[0], dtype=np.bool_)
+    keep[(np.cumsum(counts) - 1)[counts > 0]] = False
+    return xy[keep], ring[keep].astype(np.int64)
+
+
+def drop_redundant_vertices(geoms: Geoms | Sequence[object]) -> Geoms:
+    """Polygons without repeated or collinear ring vertices; other geometries pass unchanged.
+
+    A polygon is only rebuilt where a vertex goes, and left as it is where a ring would
+    keep fewer than three vertices (a degenerate input, for the validity repair to judge).
+    """
+    geoms = np.asarray(geoms, dtype=object).reshape(-1)
+    out = geoms.copy()
+    poly = np.flatnonzero(shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON)
+    rings, owner = shapely.get_rings(geoms[poly], return_index=True)
+    if rings.size == 0:
+        return out
+    xy, ring = _open_ring_coords(rings)
+    n_rings, n_poly = rings.shape[0], poly.shape[0]
+    before = np.bincount(ring, minlength=n_rings)
+    drop = _redundant(xy, ring)
+    while drop.any():  # again: a vertex next to a repeated one is judged on distinct neighbours
+        xy, ring = xy[~drop], ring[~drop]
+        drop = _redundant(xy, ring)
+    left = np.bincount(ring, minlength=n_rings)
+    removed = np.bincount(owner, before - left, minlength=n_poly) > 0
+    too_few = np.bincount(owner, left < 3, minlength=n_poly) > 0
+    changed = removed & ~too_few
+    if not changed.any():
+        return out
+    return _rebuild(out, poly, changed, owner, xy, ring)
+
+
+def _rebuild(out: Geoms, poly: I64, changed: Mask, owner: I64, xy: F64, ring: I64) -> Geoms:
+    """Replace the ``changed`` polygons (indexes into ``poly``) by their kept vertices."""
+    ring_sel = changed[owner]
+    vert_sel = ring_sel[ring]
+    ring_ids = np.flatnonzero(ring_sel)
+    new_rings = shapely.linearrings(xy[vert_sel], indices=np.searchsorted(ring_ids, ring[vert_sel]))
+    which = np.flatnonzero(changed)
+    out[poly[which]] = shapely.polygons(new_rings, indices=np.searchsorted(which, owner[ring_ids]))
+    return out
+
+
+def canonical_rings(geoms: Geoms | Sequence[object]) -> Geoms:
+    """Polygons in canonical form: no redundant vertices, exterior CCW and holes CW, each ring
+    starting at its smallest (x, y) vertex, holes sorted (see the module docstring)."""
+    cleaned = drop_redundant_vertices(geoms)
+    return np.asarray(shapely.reverse(shapely.normalize(cleaned)), dtype=object)
