@@ -10,7 +10,7 @@ delivered). The metrics, per pair:
 * **C-IoU** (PolyWorld, Zorzi et al. CVPR 2022; HiSup, Xu et al. 2023):
   ``IoU * (1 - |N_pred - N_true| / (N_pred + N_true))`` with N the vertex counts.
 * **N-ratio** (HiSup): summed over pairs, ``sum(N_pred) / sum(N_true)``.
-* **PoLiS** (Avbelj et al. 2015, IEEE TGRS), metres: the mean distance from each vertex
+* **PoLiS** (Avbelj et al. 2015, IEEE GRSL), metres: the mean distance from each vertex
   of ``pred`` to the boundary of ``truth`` and the mean distance from each vertex of
   ``truth`` to the boundary of ``pred``, summed and halved.
 * **Max tangent angle error** (Girard et al. CVPR 2021, Frame Field Learning), degrees:
@@ -40,7 +40,14 @@ TANGENT_SPACING_M = 0.5
 ON_BOUNDARY_M = 1e-6
 #: Girard's ``max_stretch``: pieces stretched or shrunk more by the projection are left out.
 MAX_STRETCH = 2.0
-MEANS = ("mean_iou", "c_iou", "polis_m", "rotation_deg")
+#: Figures that are means over pairs, and the count each is averaged over.
+MEANS = {
+    "mean_iou": "pairs",
+    "c_iou": "pairs",
+    "polis_m": "pairs",
+    "max_tangent_deg": "tangent_pairs",
+    "rotation_deg": "pairs",
+}
 
 
 def _as_geoms(geoms: Geoms | Sequence[Any]) -> Geoms:
@@ -262,24 +269,22 @@ def _weighted(entries: Sequence[dict[str, Any]], key: str, weight: str) -> float
 
 def pool(entries: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
     """Figures of several :func:`summarize` results as if their pairs were one set."""
-    pred_vertices = sum(int(e["pred_vertices"]) for e in entries)
-    true_vertices = sum(int(e["true_vertices"]) for e in entries)
-    out: dict[str, float | int | None] = {"pairs": sum(int(e["pairs"]) for e in entries)}
-    out.update({key: _weighted(entries, key, "pairs") for key in MEANS[:2]})
-    out["n_ratio"] = pred_vertices / true_vertices if true_vertices else None
-    out.update({"pred_vertices": pred_vertices, "true_vertices": true_vertices})
-    out["polis_m"] = _weighted(entries, "polis_m", "pairs")
-    out["max_tangent_deg"] = _weighted(entries, "max_tangent_deg", "tangent_pairs")
-    out["tangent_pairs"] = sum(int(e["tangent_pairs"]) for e in entries)
-    out["rotation_deg"] = _weighted(entries, "rotation_deg", "pairs")
+    counts = ("pairs", "pred_vertices", "true_vertices", "tangent_pairs")
+    total = {key: sum(int(e[key]) for e in entries) for key in counts}
+    out: dict[str, float | int | None] = {"pairs": total["pairs"]}
+    out.update({key: _weighted(entries, key, MEANS[key]) for key in ("mean_iou", "c_iou")})
+    out["n_ratio"] = total["pred_vertices"] / total["true_vertices"] if total["true_vertices"] else None
+    out.update({"pred_vertices": total["pred_vertices"], "true_vertices": total["true_vertices"]})
+    out.update({key: _weighted(entries, key, MEANS[key]) for key in ("polis_m", "max_tangent_deg")})
+    out["tangent_pairs"] = total["tangent_pairs"]
+    out["rotation_deg"] = _weighted(entries, "rotation_deg", MEANS["rotation_deg"])
     return out
 
 
 def macro(entries: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """Unweighted mean of each figure over entries (sources) that have it."""
-    keys = (*MEANS[:2], "n_ratio", "polis_m", "max_tangent_deg", "rotation_deg")
     out: dict[str, float | None] = {}
-    for key in keys:
+    for key in ("mean_iou", "c_iou", "n_ratio", "polis_m", "max_tangent_deg", "rotation_deg"):
         values = [float(e[key]) for e in entries if e.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
     return out
