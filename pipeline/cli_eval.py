@@ -1,8 +1,11 @@
 """``footprints evaluate``: score segment outputs against ground truth (see :mod:`pipeline.evaluate`).
 
-The lead CLI calls :func:`register` on its typer app. The command prints a table (per
-scene and overall) and writes the full results as JSON: atomically to ``--json FILE``,
-or to stdout with ``--json -`` (the table then goes to stderr so stdout stays JSON).
+The lead CLI calls :func:`register` on its typer app. The command prints tables (per
+scene and overall, then the polygon metrics; with ``--source``, the macro average over
+sources first, pooled second, then per source, see :func:`pipeline.eval_report.report_tables`)
+and writes the full results as JSON: atomically to ``--json FILE``, or to stdout with
+``--json -`` (the tables then go to stderr so stdout stays JSON). Warnings (label extents
+that differ from the prediction's) go to stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from pipeline.console import friendly_errors
 from pipeline.errors import ConfigError
@@ -38,40 +41,30 @@ ValueOpt = Annotated[
     int | None,
     typer.Option("--truth-value", help="Building value in a truth raster (default: any value > 0)."),
 ]
+SourceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        metavar="NAME",
+        help="Source (dataset) of the matching --pred (repeatable, one per --pred): adds per-source "
+        "and macro figures.",
+    ),
+]
 JsonOpt = Annotated[
     str | None,
     typer.Option("--json", metavar="FILE", help="Write the results as JSON to FILE ('-': stdout)."),
 ]
 
 
-def _row(name: str, result: dict[str, Any]) -> list[str]:
-    px, obj = result["pixel"], result["object"]
-    return [
-        name,
-        f"{px['precision']:.3f}",
-        f"{px['recall']:.3f}",
-        f"{px['iou']:.3f}",
-        f"{obj['precision']:.3f}",
-        f"{obj['recall']:.3f}",
-        f"{obj['f1']:.3f}",
-        str(obj["tp"]),
-        str(obj["fp"]),
-        str(obj["fn"]),
-    ]
+def print_report(report: dict[str, Any], console: Console, err: Console) -> None:
+    """Each scene's warnings on ``err``, then the report's tables on ``console``."""
+    from pipeline.eval_report import report_tables
 
-
-def results_table(report: dict[str, Any]) -> Table:
-    """Per-scene and overall metrics: pixel P/R/IoU, object P/R/F1 and object counts."""
-    iou, area = report["params"]["iou_threshold"], report["params"]["min_area_m2"]
-    table = Table(title=f"footprints evaluate (object IoU >= {iou}, min area {area} m²)")
-    table.add_column("scene", overflow="fold", max_width=28)
-    for header in ("px P", "px R", "px IoU", "obj P", "obj R", "obj F1", "TP", "FP", "FN"):
-        table.add_column(header, justify="right")
     for scene in report["scenes"]:
-        table.add_row(*_row(str(scene["scene"]), scene))
-    table.add_section()
-    table.add_row(*_row("overall", report["overall"]), style="bold")
-    return table
+        for warning in scene.get("warnings", []):
+            err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    for table in report_tables(report):
+        console.print(table)
 
 
 def evaluate_command(
@@ -79,9 +72,10 @@ def evaluate_command(
     truth: TruthOpt,
     min_area: MinAreaOpt = 8.0,
     truth_value: ValueOpt = None,
+    source: SourceOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
-    """Pixel (precision, recall, IoU) and SpaceNet object metrics (IoU >= 0.5, one-to-one) of OUTDIRs."""
+    """Pixel, SpaceNet object (IoU >= 0.5, one-to-one) and polygon shape metrics of OUTDIRs."""
     from pipeline.evaluate import evaluate
 
     err = Console(stderr=True)
@@ -92,15 +86,16 @@ def evaluate_command(
                 "pass one --truth LABELS after each --pred OUTDIR"
             )
         report = evaluate(
-            pairs=list(zip(pred, truth, strict=True)), min_area_m2=min_area, truth_value=truth_value
-        )
+            pairs=list(zip(pred, truth, strict=True)), sources=source or None, min_area_m2=min_area,
+            truth_value=truth_value,
+        )  # fmt: skip
         if json_path is not None and json_path != "-":
             write_json(Path(json_path), report)
     if json_path == "-":
-        err.print(results_table(report))
+        print_report(report, err, err)
         typer.echo(json.dumps(report, indent=2))
         return
-    Console().print(results_table(report))
+    print_report(report, Console(), err)
 
 
 def validate_command(
@@ -121,7 +116,7 @@ def validate_command(
             model_path=str(model) if model else None, min_area_m2=min_area,
         )  # fmt: skip
         write_json(out / "validation.json", report)
-    Console().print(results_table(report))
+    print_report(report, Console(), err)
 
 
 def register(app: typer.Typer) -> None:

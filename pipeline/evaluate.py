@@ -1,22 +1,9 @@
-"""Evaluate pipeline outputs against ground truth: pixel metrics and SpaceNet object metrics.
+"""Evaluate pipeline outputs against ground truth: pixel, object and polygon metrics.
 
-Predictions are a ``footprints segment`` output folder: the pixel mask comes from
-``mask.tif`` (its nodata pixels are left out) and the polygons from ``buildings.gpkg``
-(scene CRS). Ground truth is either
-
-* a label raster (GeoTIFF, PNG, ...): building = value > 0, or = ``truth_value``.
-  A georeferenced raster on another grid is warped onto the prediction grid (nearest);
-  a raster without georeferencing must have the prediction's shape and is taken to
-  lie on its grid. Truth polygons are its 4-connected components, polygonized with
-  :mod:`pipeline.vectorize`. A nodata value other than 0 marks pixels to leave out
-  (nodata = 0 is read as background: label masks are often tagged that way); or
-* a vector file (GeoJSON, GPKG, ...), reprojected to the prediction CRS and rasterized
-  onto the prediction grid (pixel centres) for the pixel metrics. Polygons are clipped
-  to the prediction raster's extent.
-
-Pixels where either side has no data are left out, and so are polygons whose point on
-surface falls on such a pixel (a truth building where the imagery is missing is not a
-miss).
+Inputs (a ``footprints segment`` folder and a label raster or vector file) are read by
+:mod:`pipeline.eval_inputs`, which also refuses what cannot be scored. Pixels where either
+side has no data are left out, and so are polygons whose point on surface falls on such
+a pixel (a truth building where the imagery is missing is not a miss).
 
 Object metrics follow SpaceNet: a prediction and a truth polygon match when their IoU
 is at least 0.5, each polygon matches at most once, and polygons under ``min_area_m2``
@@ -24,110 +11,66 @@ is at least 0.5, each polygon matches at most once, and polygons under ``min_are
 first. The one-to-one matching is *optimal*, not greedy: it maximises the number of
 matches (then the summed IoU) with ``scipy.optimize.linear_sum_assignment``, solved
 separately on each connected group of candidate pairs, so the cost stays near linear.
-Ratios with a zero denominator are 1.0 when there is nothing to find and nothing was
-found (tp = fp = fn = 0) and 0.0 otherwise, so the JSON never holds NaN.
+The same matching at IoU >= 0.25 gives ``object_iou25`` (small buildings, whose IoU
+suffers most from a pixel of offset). The pairs matched at the main threshold are
+scored by :mod:`pipeline.polygon_metrics` (``polygon``: mean IoU, C-IoU, N-ratio, PoLiS,
+max tangent angle error, rotation error), in metres.
+
+Scenes are pooled (``overall``), and with sources also per source and as the macro
+average over sources (:mod:`pipeline.eval_report`). Ratios with a zero denominator are
+1.0 when there is nothing to find and nothing was found (tp = fp = fn = 0) and 0.0
+otherwise, and undefined means are None, so the JSON never holds NaN.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
-import pyogrio
-import rasterio
 import shapely
-from affine import Affine
 from numpy.typing import NDArray
-from pyproj import CRS as ProjCRS
-from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-from rasterio.features import rasterize
-from rasterio.warp import Resampling, reproject
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.errors import ConfigError, EvaluationInputError, InputNotFoundError, MissingCRSError
+from pipeline import polygon_metrics
+from pipeline.errors import ConfigError, EvaluationInputError
+from pipeline.eval_inputs import (
+    Polygons,
+    clean_polygons,
+    extent_warning,
+    in_valid,
+    read_prediction,
+    read_scene_name,
+    read_truth,
+)
+from pipeline.eval_report import object_scores, pixel_scores, summarize_scenes
 from pipeline.geo import MetricFrame
-from pipeline.geo import reproject as reproject_geoms
-from pipeline.polygonize import reference_polygons
 
-MASK_NODATA = 255
 IOU_THRESHOLD = 0.5
-RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
-VECTOR_SUFFIXES = frozenset({".geojson", ".json", ".gpkg", ".shp", ".fgb", ".gml", ".kml"})
+#: The looser threshold at which object F1 is also reported (small buildings).
+LOOSE_IOU_THRESHOLD = 0.25
 
-Polygons = NDArray[np.object_] | Sequence[Any]
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The prediction raster's grid: every truth is brought onto it."""
-
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        left, top = self.transform @ (0, 0)
-        right, bottom = self.transform @ (self.width, self.height)
-        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Building pixels, the pixels to score, and polygons in the grid's CRS."""
-
-    mask: NDArray[np.bool_]
-    valid: NDArray[np.bool_]
-    polygons: NDArray[np.object_]
+__all__ = [
+    "IOU_THRESHOLD",
+    "LOOSE_IOU_THRESHOLD",
+    "Objects",
+    "candidate_ious",
+    "clean_polygons",
+    "evaluate",
+    "evaluate_scene",
+    "match_one_to_one",
+    "object_metrics",
+    "object_scores",
+    "pixel_metrics",
+    "pixel_scores",
+]
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def _ratio(num: int, den: int, *, perfect: bool) -> float:
-    if den == 0:
-        return 1.0 if perfect else 0.0
-    return float(num) / float(den)
-
-
-def pixel_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
-    """Precision, recall and IoU from pixel counts (so scenes can be pooled)."""
-    perfect = tp == fp == fn == 0
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": _ratio(tp, tp + fp, perfect=perfect),
-        "recall": _ratio(tp, tp + fn, perfect=perfect),
-        "iou": _ratio(tp, tp + fp + fn, perfect=perfect),
-    }
-
-
-def object_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
-    """Precision, recall and F1 from matched-object counts (so scenes can be pooled)."""
-    perfect = tp == fp == fn == 0
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": _ratio(tp, tp + fp, perfect=perfect),
-        "recall": _ratio(tp, tp + fn, perfect=perfect),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn, perfect=perfect),
-    }
 
 
 def pixel_metrics(
@@ -145,19 +88,6 @@ def pixel_metrics(
         p, t = p & v, t & v
     tp = int(np.count_nonzero(p & t))
     return pixel_scores(tp=tp, fp=int(np.count_nonzero(p)) - tp, fn=int(np.count_nonzero(t)) - tp)
-
-
-def clean_polygons(geoms: Polygons) -> NDArray[np.object_]:
-    """Drop missing and empty geometries; repair invalid ones, keeping their polygonal part."""
-    arr = np.asarray(list(geoms) if not isinstance(geoms, np.ndarray) else geoms, dtype=object)
-    arr = arr.reshape(-1)
-    arr = arr[~shapely.is_missing(arr)]
-    bad = ~shapely.is_valid(arr)
-    if bad.any():
-        arr = arr.copy()
-        arr[bad] = shapely.make_valid(arr[bad], method="structure", keep_collapsed=False)
-    out: NDArray[np.object_] = arr[~shapely.is_empty(arr)]
-    return out
 
 
 def candidate_ious(
@@ -223,6 +153,39 @@ def match_one_to_one(
     return np.concatenate(out_p).astype(np.intp), np.concatenate(out_t).astype(np.intp)
 
 
+@dataclass(frozen=True)
+class Objects:
+    """Both sides' polygons in metres (cleaned, small ones dropped) and their candidate pairs."""
+
+    pred: NDArray[np.object_]
+    truth: NDArray[np.object_]
+    pred_idx: NDArray[np.intp]
+    truth_idx: NDArray[np.intp]
+    iou: NDArray[np.float64]
+
+    @classmethod
+    def prepare(
+        cls, pred_polys: Polygons, truth_polys: Polygons, *, min_area_m2: float, frame: MetricFrame | None
+    ) -> Objects:
+        """``frame`` maps the polygons' CRS to metres; without it they must be metric already."""
+        pred, truth = clean_polygons(pred_polys), clean_polygons(truth_polys)
+        if frame is not None:
+            pred, truth = frame.to_metric(pred), frame.to_metric(truth)
+        pred = pred[shapely.area(pred) >= min_area_m2]
+        truth = truth[shapely.area(truth) >= min_area_m2]
+        return cls(pred, truth, *candidate_ious(pred, truth))
+
+    def match(self, iou_threshold: float) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """Matched prediction and truth indexes at ``iou_threshold``."""
+        return match_one_to_one(
+            pred_idx=self.pred_idx, truth_idx=self.truth_idx, iou=self.iou, iou_threshold=iou_threshold
+        )
+
+    def scores(self, iou_threshold: float) -> dict[str, float | int]:
+        tp = int(self.match(iou_threshold)[0].size)
+        return object_scores(tp=tp, fp=int(self.pred.size) - tp, fn=int(self.truth.size) - tp)
+
+
 def object_metrics(
     pred_polys: Polygons,
     truth_polys: Polygons,
@@ -237,205 +200,8 @@ def object_metrics(
     without it the polygons must already be in a metric CRS. Polygons under
     ``min_area_m2`` are ignored on both sides before matching.
     """
-    pred, truth = clean_polygons(pred_polys), clean_polygons(truth_polys)
-    if frame is not None:
-        pred, truth = frame.to_metric(pred), frame.to_metric(truth)
-    pred = pred[shapely.area(pred) >= min_area_m2]
-    truth = truth[shapely.area(truth) >= min_area_m2]
-    pi, ti, iou = candidate_ious(pred, truth)
-    mp, _ = match_one_to_one(pred_idx=pi, truth_idx=ti, iou=iou, iou_threshold=iou_threshold)
-    tp = int(mp.size)
-    return object_scores(tp=tp, fp=int(pred.size) - tp, fn=int(truth.size) - tp)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def _require(path: Path, *, what: str, fix: str) -> None:
-    if not path.exists():
-        raise InputNotFoundError(f"{path}: {what} not found; {fix}")
-
-
-def _open_raster(path: Path) -> Any:
-    try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise EvaluationInputError(
-            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); "
-            "pass a GeoTIFF or PNG label mask, or a GeoJSON/GPKG of polygons"
-        ) from exc
-
-
-def _read_mask_raster(path: Path) -> tuple[Grid, NDArray[np.bool_], NDArray[np.bool_]]:
-    """``mask.tif`` of a run: its grid, building pixels (== 1) and valid pixels."""
-    with _open_raster(path) as ds:
-        data = ds.read(1)
-        nodata = MASK_NODATA if ds.nodata is None else ds.nodata
-        grid = Grid(crs=ds.crs, transform=ds.transform, height=ds.height, width=ds.width)
-    if grid.crs is None:
-        raise MissingCRSError(f"{path}: prediction mask has no CRS; re-run `footprints segment` on the scene")
-    valid = data != nodata
-    return grid, (data == 1) & valid, valid
-
-
-def _read_polygons(path: Path, *, layer: str | None, crs: CRS, what: str) -> NDArray[np.object_]:
-    """Polygonal geometries of a vector file, reprojected to ``crs`` (GeoSeries-free)."""
-    try:
-        frame = gpd.read_file(path, layer=layer, engine="pyogrio")
-    except Exception as exc:  # pyogrio raises several unrelated types for unreadable files
-        raise EvaluationInputError(
-            f"{path}: cannot read {what} ({str(exc).splitlines()[0]}); pass a GeoJSON or GPKG file"
-        ) from exc
-    if len(frame) and frame.crs is None:
-        raise MissingCRSError(f"{path}: {what} have no CRS; set one, e.g. `ogr2ogr -a_srs EPSG:4326 OUT IN`")
-    if len(frame):
-        frame = frame.to_crs(crs.to_wkt())
-    geoms = np.asarray(frame.geometry.values, dtype=object)
-    kind = shapely.get_type_id(geoms)
-    polygonal: NDArray[np.object_] = geoms[(kind == 3) | (kind == 6)]
-    return polygonal
-
-
-def read_scene_name(out_dir: Path) -> tuple[str, str | None]:
-    """Scene name and input path from ``run.json`` (the folder name when it is unreadable)."""
-    try:
-        record = json.loads((out_dir / "run.json").read_text())
-        scene = str(record.get("scene") or out_dir.name)
-        source = record.get("input", {}).get("path")
-        return scene, None if source is None else str(source)
-    except (OSError, ValueError, AttributeError):
-        return out_dir.resolve().name, None
-
-
-def read_prediction(out_dir: Path) -> tuple[Grid, Labels]:
-    """The prediction grid, pixel mask (nodata left out) and polygons of an OUTDIR."""
-    fix = "--pred must be the --out folder of a finished `footprints segment` run"
-    _require(out_dir, what="prediction folder", fix=fix)
-    mask_path, gpkg = out_dir / "mask.tif", out_dir / "buildings.gpkg"
-    _require(mask_path, what="prediction mask", fix=fix)
-    _require(gpkg, what="prediction polygons", fix=fix)
-    grid, mask, valid = _read_mask_raster(mask_path)
-    polys = _read_polygons(gpkg, layer="buildings", crs=grid.crs, what="predicted buildings")
-    return grid, Labels(mask=mask, valid=valid, polygons=polys)
-
-
-def _label_pixels(
-    data: NDArray[Any], *, value: int | None, nodata: float | None
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Building and valid pixels of a label band (nodata 0 is background, not a hole)."""
-    if nodata is None or nodata == 0:
-        valid = np.ones(data.shape, dtype=bool)
-    elif np.isnan(nodata):
-        valid = ~np.isnan(data)
-    else:
-        valid = data != nodata
-    building = (data == value) if value is not None else (data > 0)
-    return building & valid, valid
-
-
-def _same_grid(a: Grid, b: Grid) -> bool:
-    """Same CRS and shape, and corners within a thousandth of a pixel."""
-    if a.shape != b.shape or a.crs != b.crs:
-        return False
-    corners = [(0, 0), (a.width, 0), (0, a.height), (a.width, a.height)]
-    back = [~b.transform @ (a.transform @ xy) for xy in corners]
-    return bool(np.allclose(np.asarray(back), np.asarray(corners, dtype=float), rtol=0, atol=1e-3))
-
-
-def _warp(
-    building: NDArray[np.bool_], valid: NDArray[np.bool_], *, src: Grid, dst: Grid
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """Nearest-neighbour warp of a label mask onto ``dst``; pixels it does not cover are invalid."""
-    source = np.where(valid, building.astype(np.uint8), MASK_NODATA).astype(np.uint8)
-    out = np.full(dst.shape, MASK_NODATA, dtype=np.uint8)
-    reproject(
-        source,
-        out,
-        src_transform=src.transform,
-        src_crs=src.crs,
-        src_nodata=MASK_NODATA,
-        dst_transform=dst.transform,
-        dst_crs=dst.crs,
-        dst_nodata=MASK_NODATA,
-        resampling=Resampling.nearest,
-    )
-    return out == 1, out != MASK_NODATA
-
-
-def _raster_labels(path: Path, *, grid: Grid, value: int | None) -> Labels:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with _open_raster(path) as ds:
-            data = ds.read(1)
-            src = Grid(crs=ds.crs, transform=ds.transform, height=ds.height, width=ds.width)
-            nodata = ds.nodata
-    if src.crs is None:
-        if src.shape != grid.shape:
-            raise EvaluationInputError(
-                f"{path}: label raster has no CRS and is {src.height} x {src.width} pixels, not the "
-                f"prediction's {grid.height} x {grid.width}; georeference it or use labels on the scene grid"
-            )
-        src = grid
-    building, valid = _label_pixels(data, value=value, nodata=nodata)
-    polys = reference_polygons(building.astype(np.uint8), transform=src.transform).geometry
-    if _same_grid(src, grid):
-        return Labels(mask=building, valid=valid, polygons=polys)
-    if src.crs != grid.crs:
-        polys = reproject_geoms(polys, src=ProjCRS(src.crs.to_wkt()), dst=ProjCRS(grid.crs.to_wkt()))
-    mask, warped_valid = _warp(building, valid, src=src, dst=grid)
-    return Labels(mask=mask, valid=warped_valid, polygons=polys)
-
-
-def _vector_layer(path: Path) -> str | None:
-    """The ``buildings`` layer when a multi-layer file has one, else the first layer."""
-    try:
-        names = [str(name) for name in pyogrio.list_layers(path)[:, 0]]
-    except Exception:  # unreadable: gpd.read_file raises the error with its message
-        return None
-    return "buildings" if "buildings" in names else None
-
-
-def _vector_labels(path: Path, *, grid: Grid) -> Labels:
-    polys = clean_polygons(
-        _read_polygons(path, layer=_vector_layer(path), crs=grid.crs, what="truth polygons")
-    )
-    extent = shapely.box(*grid.bounds)
-    polys = polys[shapely.intersects(polys, extent)]
-    polys = polys[shapely.area(polys) > 0]
-    polys = np.asarray(shapely.intersection(polys, extent), dtype=object)
-    mask = np.zeros(grid.shape, dtype=bool)
-    if polys.size:
-        burned = rasterize(((g, 1) for g in polys), out_shape=grid.shape, transform=grid.transform, fill=0)
-        mask = burned.astype(bool)
-    return Labels(mask=mask, valid=np.ones(grid.shape, dtype=bool), polygons=polys)
-
-
-def read_truth(path: Path, *, grid: Grid, value: int | None = None) -> Labels:
-    """Ground truth on the prediction grid: a label raster or a vector file of polygons."""
-    _require(path, what="ground-truth labels", fix="check the --truth path")
-    suffix = path.suffix.lower()
-    if suffix in VECTOR_SUFFIXES:
-        return _vector_labels(path, grid=grid)
-    if suffix in RASTER_SUFFIXES:
-        return _raster_labels(path, grid=grid, value=value)
-    raise EvaluationInputError(
-        f"{path}: unknown label format '{suffix}'; pass a raster mask ({', '.join(sorted(RASTER_SUFFIXES))}) "
-        f"or polygons ({', '.join(sorted(VECTOR_SUFFIXES))})"
-    )
-
-
-def in_valid(polys: NDArray[np.object_], *, grid: Grid, valid: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Whether each polygon's point on surface falls on a valid pixel of the grid."""
-    if polys.size == 0:
-        return np.zeros(0, dtype=bool)
-    xy = shapely.get_coordinates(shapely.point_on_surface(polys))
-    inv = ~grid.transform
-    cols = np.floor(inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c).astype(np.int64)
-    rows = np.floor(inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f).astype(np.int64)
-    inside = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-    out = np.zeros(polys.shape[0], dtype=bool)
-    out[inside] = valid[rows[inside], cols[inside]]
-    return out
+    objects = Objects.prepare(pred_polys, truth_polys, min_area_m2=min_area_m2, frame=frame)
+    return objects.scores(iou_threshold)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -449,54 +215,75 @@ def evaluate_scene(
     truth_value: int | None = None,
     iou_threshold: float = IOU_THRESHOLD,
 ) -> dict[str, Any]:
-    """Pixel and object metrics of one ``footprints segment`` output against its truth.
+    """Pixel, object and polygon metrics of one ``footprints segment`` output against its truth.
 
-    Pixels and polygons (by their point on surface) where either side has no data
-    are left out.
+    Pixels and polygons (by their point on surface) where either side has no data are
+    left out; a pair without a pixel that has data on both sides is refused. When a label
+    raster's extent differs from the prediction's, ``warnings`` says which share was scored.
     """
     grid, pred = read_prediction(pred_dir)
-    truth = read_truth(truth_path, grid=grid, value=truth_value)
-    scene, source = read_scene_name(pred_dir)
+    mask_path = str(pred_dir / "mask.tif")
+    truth = read_truth(truth_path, grid=grid, value=truth_value, pred=mask_path)
     valid = pred.valid & truth.valid
+    if not valid.any():
+        raise EvaluationInputError(
+            f"{truth_path}: no pixel has data both here and in the prediction {mask_path} (one side is "
+            "nodata wherever they overlap), so nothing can be scored; pass the labels of the same scene"
+        )
+    scene, source = read_scene_name(pred_dir)
     pred_polys, truth_polys = clean_polygons(pred.polygons), clean_polygons(truth.polygons)
     pred_polys = pred_polys[in_valid(pred_polys, grid=grid, valid=valid)]
     truth_polys = truth_polys[in_valid(truth_polys, grid=grid, valid=valid)]
     frame = MetricFrame.for_scene(grid.crs, grid.bounds)
+    objects = Objects.prepare(pred_polys, truth_polys, min_area_m2=min_area_m2, frame=frame)
+    mp, mt = objects.match(iou_threshold)
+    warning = extent_warning(truth_path, mask_path, truth.shares)
     return {
         "scene": scene,
         "pred": str(pred_dir),
         "truth": str(truth_path),
         "input": source,
+        "extent": {"pred_share": truth.shares[0], "truth_share": truth.shares[1]},
+        "warnings": [] if warning is None else [warning],
         "pixel": pixel_metrics(pred.mask, truth.mask, valid),
-        "object": object_metrics(
-            pred_polys, truth_polys, iou_threshold=iou_threshold, min_area_m2=min_area_m2, frame=frame
-        ),
+        "object": objects.scores(iou_threshold),
+        "object_iou25": objects.scores(LOOSE_IOU_THRESHOLD),
+        "polygon": polygon_metrics.summarize(objects.pred[mp], objects.truth[mt]),
     }
 
 
-def pool(scenes: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """Overall metrics: pixel counts pooled over pixels, object counts over objects."""
-    counts = {
-        kind: {key: sum(int(s[kind][key]) for s in scenes) for key in ("tp", "fp", "fn")}
-        for kind in ("pixel", "object")
-    }
-    return {"pixel": pixel_scores(**counts["pixel"]), "object": object_scores(**counts["object"])}
+def _check_params(
+    pairs: Sequence[tuple[Path, Path]],
+    sources: Sequence[str] | None,
+    min_area_m2: float,
+    iou_threshold: float,
+) -> None:
+    if not pairs:
+        raise ConfigError("evaluate: no scenes given; pass --pred OUTDIR --truth LABELS at least once")
+    if sources is not None and len(sources) != len(pairs):
+        raise ConfigError(
+            f"evaluate: {len(sources)} sources for {len(pairs)} scenes; give one --source per --pred, or none"
+        )
+    if min_area_m2 < 0:
+        raise ConfigError(f"evaluate: min_area_m2={min_area_m2} is negative; give 0 or more square metres")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ConfigError(f"evaluate: iou_threshold={iou_threshold} must lie in (0, 1]; SpaceNet uses 0.5")
 
 
 def evaluate(
     *,
     pairs: Sequence[tuple[Path, Path]],
+    sources: Sequence[str] | None = None,
     min_area_m2: float = 8.0,
     truth_value: int | None = None,
     iou_threshold: float = IOU_THRESHOLD,
 ) -> dict[str, Any]:
-    """Evaluate (OUTDIR, LABELS) pairs: per-scene results and a pooled ``overall`` entry."""
-    if not pairs:
-        raise ConfigError("evaluate: no scenes given; pass --pred OUTDIR --truth LABELS at least once")
-    if min_area_m2 < 0:
-        raise ConfigError(f"evaluate: min_area_m2={min_area_m2} is negative; give 0 or more square metres")
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ConfigError(f"evaluate: iou_threshold={iou_threshold} must lie in (0, 1]; SpaceNet uses 0.5")
+    """Evaluate (OUTDIR, LABELS) pairs: per-scene results and a pooled ``overall`` entry.
+
+    With ``sources`` (one name per pair) each scene carries its ``source`` and the report
+    adds ``sources`` (pooled per source) and ``macro`` (each source weighs the same).
+    """
+    _check_params(pairs, sources, min_area_m2, iou_threshold)
     scenes = [
         evaluate_scene(
             pred_dir=Path(pred),
@@ -507,13 +294,14 @@ def evaluate(
         )
         for pred, truth in pairs
     ]
-    return {
-        "params": {
-            "min_area_m2": min_area_m2,
-            "iou_threshold": iou_threshold,
-            "truth_value": truth_value,
-            "matching": "optimal one-to-one (linear_sum_assignment)",
-        },
-        "scenes": scenes,
-        "overall": pool(scenes),
+    for scene, source in zip(scenes, sources or [], strict=False):
+        scene["source"] = str(source)
+    params = {
+        "min_area_m2": min_area_m2,
+        "iou_threshold": iou_threshold,
+        "loose_iou_threshold": LOOSE_IOU_THRESHOLD,
+        "truth_value": truth_value,
+        "matching": "optimal one-to-one (linear_sum_assignment)",
+        "tangent_spacing_m": polygon_metrics.TANGENT_SPACING_M,
     }
+    return {"params": params, **summarize_scenes(scenes, per_source=sources is not None), "scenes": scenes}

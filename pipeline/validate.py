@@ -3,8 +3,11 @@
 Each validation scene is written as a GeoTIFF (keeping its georeference, or, for images
 without one, a local UTM grid at the scene's GSD), segmented with the same code as
 ``footprints segment``, and scored with :func:`pipeline.evaluate.evaluate` against its
-label (pixel metrics and one-to-one object matching at IoU >= 0.5). Pixels that are
-no-data in the image or unlabelled in the truth are left out on both sides.
+label (pixel metrics, one-to-one object matching at IoU >= 0.5 and polygon metrics).
+Pixels that are no-data in the image or unlabelled in the truth are left out on both
+sides. Each scene carries its source; the report's headline is ``macro``, the average
+over sources of each source's pooled figures (each source weighs the same), then
+``overall`` (pooled over all scenes) and ``sources`` (pooled per source).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def validate(
     """Segment every validation scene into ``out_dir/<scene>/out`` and score them all."""
     dataset = load_dataset(data, splits=("val",))
     pairs: list[tuple[Path, Path]] = []
+    sources: list[str] = []
     dc = config.dask
     with connect(
         scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker
@@ -77,8 +81,8 @@ def validate(
                 model_path=model_path, client=c,
             )  # fmt: skip
             pairs.append((folder / "out", truth))
-    report = evaluate(pairs=pairs, min_area_m2=min_area_m2)
+            sources.append(scene.source)
+    report = evaluate(pairs=pairs, sources=sources, min_area_m2=min_area_m2)
     for entry, scene in zip(report["scenes"], dataset.scenes, strict=True):
         entry["scene"] = _slug(scene)
-        entry["source"] = scene.source
     return report

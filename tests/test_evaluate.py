@@ -245,6 +245,8 @@ def test_truth_raster_on_another_grid_is_warped(tmp_path: Path) -> None:
     scene = evaluate(pairs=[(out, path)])["scenes"][0]
     assert _counts(scene["pixel"]) == PIXEL
     assert _counts(scene["object"]) == OBJECT
+    assert scene["extent"] == {"pred_share": 1.0, "truth_share": pytest.approx(1600 / 4200)}
+    assert "100.0 % of the prediction and 38.1 % of the labels" in scene["warnings"][0]
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -267,6 +269,31 @@ def test_missing_inputs_raise_footprints_errors(tmp_path: Path) -> None:
     (tmp_path / "labels.xyz").write_text("?")
     with pytest.raises(FootprintsError, match="unknown label format"):
         evaluate(pairs=[(out, tmp_path / "labels.xyz")])
+
+
+FAR = Affine(1.0, 0.0, X0 + 5000, 0.0, -1.0, Y0)  # 5 km east of the prediction (see test_eval_inputs)
+
+
+# ------------------------------------------------------------------ object F1 at 0.25 and polygon metrics
+
+
+def test_scene_reports_loose_f1_and_polygon_metrics(tmp_path: Path) -> None:
+    scene = evaluate(pairs=[(make_outdir(tmp_path), truth_tif(tmp_path))])["scenes"][0]
+    assert _counts(scene["object_iou25"]) == OBJECT  # B against B shifted: IoU 24/104 < 0.25 too
+    poly = scene["polygon"]  # A and C: pixel boxes, 4 vertices on both sides
+    assert poly["pairs"] == 2 and poly["tangent_pairs"] == 2
+    assert (poly["mean_iou"], poly["c_iou"], poly["n_ratio"]) == (1.0, 1.0, 1.0)
+    assert (poly["polis_m"], poly["max_tangent_deg"], poly["rotation_deg"]) == (0.0, 0.0, 0.0)
+
+
+def test_sources_add_per_source_and_macro(tmp_path: Path) -> None:
+    out = make_outdir(tmp_path)
+    report = evaluate(pairs=[(out, truth_tif(tmp_path))] * 2, sources=["x", "y"])
+    assert [s["source"] for s in report["scenes"]] == ["x", "y"]
+    assert list(report["sources"]) == ["x", "y"] and report["macro"]["sources"] == 2
+    assert report["macro"]["object"]["f1"] == pytest.approx(4 / 7)
+    with pytest.raises(FootprintsError, match="one --source per --pred"):
+        evaluate(pairs=[(out, truth_tif(tmp_path))], sources=["x", "y"])
 
 
 def _app() -> typer.Typer:
@@ -315,17 +342,34 @@ def test_cli_json_to_stdout(tmp_path: Path) -> None:
     assert "overall" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "mismatch"])
+@pytest.mark.parametrize("case", ["missing", "mismatch", "rgb", "elsewhere"])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
     out = make_outdir(tmp_path)
-    args = ["evaluate", "--pred", str(out), "--truth", str(tmp_path / "missing.geojson")]
+    truth, expect = {
+        "missing": (tmp_path / "missing.geojson", "missing.geojson"),
+        "mismatch": (truth_tif(tmp_path), "--truth"),
+        "rgb": (write_tif(tmp_path / "rgb.tif", np.zeros((3, SIZE, SIZE), np.uint8), crs=UTM, transform=GRID),
+                "rgb.tif: truth raster has 3 bands"),
+        "elsewhere": (write_tif(tmp_path / "far.tif", _raster([A]), crs=UTM, transform=FAR), "far.tif"),
+    }[case]  # fmt: skip
+    args = ["evaluate", "--pred", str(out), "--truth", str(truth)]
     if case == "mismatch":
-        args = ["evaluate", "--pred", str(out), "--pred", str(out), "--truth", str(truth_tif(tmp_path))]
+        args = ["evaluate", "--pred", str(out), "--pred", str(out), "--truth", str(truth)]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
-    assert ("missing.geojson" in lines[0]) if case == "missing" else ("--truth" in lines[0])
+    assert expect in lines[0]
+
+
+def test_cli_sources_print_macro_first(tmp_path: Path) -> None:
+    out, truth = make_outdir(tmp_path), truth_tif(tmp_path)
+    args = ["evaluate", "--pred", str(out), "--truth", str(truth), "--source", "x"]
+    args += ["--pred", str(out), "--truth", str(truth), "--source", "y"]
+    result = CliRunner().invoke(_app(), args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.index("macro") < text.index("pooled") < text.index("per source")
 
 
 # ------------------------------------------------------------------ real data
@@ -351,6 +395,11 @@ def test_real_inria_labels_against_themselves(tmp_path: Path) -> None:
     scene = evaluate(pairs=[(out, DEMO_LABELS)])["scenes"][0]
     assert scene["pixel"]["iou"] == 1.0 and scene["pixel"]["fp"] == 0
     assert scene["object"]["f1"] == 1.0 and scene["object"]["tp"] > 100
+    poly = scene["polygon"]  # the truth's own pixel outlines: every shape figure is perfect
+    assert poly["pairs"] == scene["object"]["tp"] and poly["n_ratio"] == 1.0 and poly["c_iou"] == 1.0
+    assert poly["polis_m"] == pytest.approx(0.0, abs=1e-9)
+    assert poly["max_tangent_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert poly["rotation_deg"] == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.realdata

@@ -41,3 +41,13 @@ def test_validate_scores_each_val_scene(tmp_path: Path) -> None:
         assert 0 <= scene["pixel"]["iou"] <= 1 and scene["pixel"]["tp"] + scene["pixel"]["fn"] > 0
     overall = report["overall"]["pixel"]
     assert overall["tp"] == sum(s["pixel"]["tp"] for s in report["scenes"])
+    # One scene per source: each source's pooled figures are its scene's, macro is their mean.
+    sources, macro = report["sources"], report["macro"]
+    assert list(sources) == ["png", "tif"] and macro["sources"] == 2
+    for scene in report["scenes"]:
+        assert sources[scene["source"]]["pixel"] == scene["pixel"]
+    for kind, key in (("pixel", "iou"), ("object", "f1"), ("object_iou25", "f1")):
+        assert macro[kind][key] == pytest.approx(sum(s[kind][key] for s in report["scenes"]) / 2)
+    assert {"c_iou", "polis_m", "max_tangent_deg", "rotation_deg"} <= set(macro["polygon"])
+    text = result.stdout
+    assert text.index("macro") < text.index("pooled") < text.index("per source") < text.index("png-a")
