@@ -201,12 +201,14 @@ def save_checkpoint(
     model: DeepLabV3,
     spec: ModelSpec,
     metadata: CheckpointMetadata,
+    half: bool = False,
 ) -> Path:
     """Write ``model``'s weights and a JSON description to ``path`` (one safetensors file).
 
     ``spec`` must describe ``model`` (``encoder_weights`` aside). Parent directories are
     created. The write is atomic: readers see the old file or the new one, never a mix.
-    Returns the path written.
+    ``half`` stores floating-point tensors as fp16 (half the size; loading casts them back
+    to the model's fp32). Returns the path written.
     """
     target = Path(path)
     if not _same_architecture(spec, model.spec):
@@ -216,6 +218,8 @@ def save_checkpoint(
         )
     header = _header_json(spec, metadata)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(target, tensors, header)

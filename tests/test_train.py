@@ -353,3 +353,36 @@ def test_max_minutes_stops_validates_and_saves(tiny_data: Path, tmp_path: Path) 
     )
     assert 0 <= summary["steps"] < 500 and out.is_file() and state_path(out).is_file()
     assert summary["history"][-1]["step"] == summary["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:tile size 64")
+def test_gpu_recipe_dry_run_probes_trains_and_writes_fp16(tiny_data: Path, tmp_path: Path) -> None:
+    """scripts/gpu_train.sh --dry-run: the GPU stage's own path (probe, budgeted run, fp16) on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from pipeline.datapack import write_pack
+    from pipeline.dataset import load_dataset
+
+    repo = Path(__file__).resolve().parents[1]
+    pack = write_pack(load_dataset(tiny_data), tmp_path / "pack.npz")
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PY": sys.executable}
+    done = subprocess.run(
+        ["bash", "scripts/gpu_train.sh", "--dry-run", str(pack)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["planned_steps"] == 3 and summary["steps"] == 3 and summary["probe_seconds_per_step"] > 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    assert load_checkpoint(out / "model.safetensors").spec.classes == ("building", "boundary")
