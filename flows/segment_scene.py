@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
+from pipeline.outdir import OUTPUT_NAMES
 from pipeline.restart import SceneState
 from pipeline.scene import (
-    OUTPUT_NAMES,
     ModelChoice,
     ScenePlan,
     SceneTarget,
@@ -106,13 +106,23 @@ def segment_scene_flow(
     ``scheduler`` (or the environment variable FOOTPRINTS_DASK_SCHEDULER) connects to
     an existing Dask cluster.
     """
-    logger = get_run_logger()
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     config = load_config(config_path, **{"dask.scheduler": scheduler})
     timer = StageTimer()
     with timer.stage("plan"):
         model = model_task(model_path, config)
         target = resolve_task(input_path, out_dir)
+    with target.claim(config, force=force):  # the input, OUTDIR's lock and its owner
+        return _run_claimed(input_path, target, model, config, timer, force)
+
+
+def _run_claimed(
+    input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
+    force: bool,
+) -> dict[str, Any]:  # fmt: skip
+    logger = get_run_logger()
+    out_dir = target.out.url
+    with timer.stage("plan"):
         state = open_state(target=target, model=model, config=config, force=force)
         if (done := finished_record(state=state, target=target)) is not None:
             logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import InputNotFoundError
-from pipeline.scene import OUTPUT_NAMES
+from pipeline.outdir import OUTPUT_NAMES
 from pipeline.storage import Location, list_scenes, parse_location, redact, write_json
 
 MANIFEST = "manifest.json"

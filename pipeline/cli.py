@@ -56,13 +56,20 @@ def segment(
     model: ModelOpt = None,
     scheduler: SchedOpt = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Recompute even if OUT holds this exact run; drop cached tiles.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Recompute even if OUT holds this exact run (drop cached tiles), and replace outputs "
+            "of another scene or config in OUT.",
+        ),
     ] = False,
 ) -> None:
     """Segment buildings in INPUT and write rasters, GeoJSON, GeoPackage and run.json to OUT.
 
     A rerun after a crash reuses the tiles already inferred; a scene already published
-    with the same input, model and config is not run again.
+    with the same input, model and config, its outputs intact, is not run again. OUT is
+    locked while a run writes it, and outputs of another scene or config are only
+    replaced with --force.
     """
     from pipeline.scene import segment_scene
 

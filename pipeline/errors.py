@@ -58,6 +58,14 @@ class OutputError(FootprintsError, OSError):
     """An output cannot be written."""
 
 
+class OutputConflictError(OutputError, FileExistsError):
+    """OUTDIR holds the input, or outputs that another scene or config (or a user) owns."""
+
+
+class OutputBusyError(OutputError, BlockingIOError):
+    """Another run holds OUTDIR's lock."""
+
+
 class StorageError(FootprintsError, OSError):
     """A bucket or folder cannot be listed, read or written."""
 

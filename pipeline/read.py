@@ -222,6 +222,18 @@ def _same_value(a: float | None, b: float | None) -> bool:
 
 
 def _valid_mask(ds: Any, info: RasterInfo, window: Window, data: NDArray[Any]) -> NDArray[np.bool_]:
+    """Where the pixel is data: the declared nodata or mask says so, and it is finite.
+
+    NaN and ±inf are nodata in every float raster, whether or not it declares a nodata
+    value or a mask (a strip of NaN would otherwise be scaled to 0 and segmented).
+    """
+    valid = _declared_valid(ds, info, window, data)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+def _declared_valid(ds: Any, info: RasterInfo, window: Window, data: NDArray[Any]) -> NDArray[np.bool_]:
     unique = sorted(set(info.bands))
     if info.nodata is not None and not _same_value(info.nodata, ds.nodata):
         planes = [
@@ -234,10 +246,7 @@ def _valid_mask(ds: Any, info: RasterInfo, window: Window, data: NDArray[Any]) -
     if all(f == [MaskFlags.all_valid] for f in flags):
         return np.ones(data.shape[1:], dtype=np.bool_)
     masks = ds.read_masks(unique, window=window)
-    valid = np.any(masks > 0, axis=0)
-    if np.issubdtype(data.dtype, np.floating):
-        valid &= np.all(np.isfinite(data), axis=0)
-    return np.asarray(valid, dtype=np.bool_)
+    return np.asarray(np.any(masks > 0, axis=0), dtype=np.bool_)
 
 
 def read_tile(

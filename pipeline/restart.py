@@ -13,8 +13,9 @@ five outputs:
 
 On a rerun, workers load finished tiles instead of inferring them; since stitching
 is deterministic, the outputs are byte-identical to an uninterrupted run. A scene
-whose manifest is complete under the same key, with its ``run.json`` in place, is
-not run again at all. Tiles are deleted once the scene has been published.
+whose manifest is complete under the same key, with its five outputs in place and
+matching the checksums recorded when they were published, is not run again at all.
+Tiles are deleted once the scene has been published.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class SceneState:
         return frozenset(self._done)
 
     def start(self, *, tiles_total: int) -> None:
+        self.manifest["status"] = "running"  # also when republishing a complete scene
         self.manifest["tiles_total"] = tiles_total
         self.manifest["attempts"] = int(self.manifest.get("attempts", 0)) + 1
         self.flush()
@@ -169,10 +171,17 @@ class SceneState:
         self.manifest["stages"][name] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.flush()
 
-    def finish(self, *, outputs: dict[str, str], keep_tiles: bool = False) -> None:
-        """Mark the scene published and drop its tiles (unless ``keep_tiles``)."""
+    def finish(
+        self, *, outputs: dict[str, str], checksums: dict[str, Any] | None = None, keep_tiles: bool = False
+    ) -> None:
+        """Mark the scene published and drop its tiles (unless ``keep_tiles``).
+
+        ``checksums`` fingerprint each published output (see :mod:`pipeline.outdir`): the
+        scene is up to date only while they all still match.
+        """
         self.manifest["status"] = "complete"
         self.manifest["outputs"] = outputs
+        self.manifest["checksums"] = checksums or {}
         self.record_stage("published")
         if not keep_tiles:
             remove_tree(self.location.child("tiles"))

@@ -8,10 +8,10 @@ OUTDIR and renamed into place at the end, so OUTDIR only ever holds whole files.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +26,9 @@ from pipeline.dispatch import BatchResult, active_client, connect, run_batches
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid, lattice_step
 from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
+from pipeline.outdir import DATA_NAMES, changed_outputs, claim, fingerprint, owner, publish_outputs
 from pipeline.read import RasterInfo, open_raster
+from pipeline.record import run_record
 from pipeline.regions import SeedSink
 from pipeline.restart import SceneState, config_digest, run_key
 from pipeline.stitch import RowSink, Stitcher, TeeSink
@@ -36,17 +38,10 @@ from pipeline.storage import (
     inspect_input,
     parse_location,
     read_json,
-    upload,
     write_json,
 )
 from pipeline.vectorize import Buildings, vectorize_scene
 from pipeline.write import CogSink, staging_dir, write_vector
-
-OUTPUT_NAMES = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json")
-VERSIONED = (
-    "torch", "segmentation-models-pytorch", "timm", "rasterio", "shapely", "geopandas",
-    "dask", "distributed", "prefect", "numpy", "pyogrio",
-)  # fmt: skip
 
 ProgressFn = Callable[[int, int], None]
 
@@ -114,6 +109,12 @@ class SceneTarget:
         ident, modified = inspect_input(src)
         return cls(input=src, out=parse_location(out_url), input_identity=ident, input_modified=modified)
 
+    def claim(self, config: PipelineConfig, *, force: bool = False) -> AbstractContextManager[None]:
+        """Hold OUTDIR for this run: never the input, one run at a time, only our outputs
+        replaced unless ``force`` (see :mod:`pipeline.outdir`)."""
+        mine = owner(scene=self.input.url, config_sha256=config_digest(config))
+        return claim(source=self.input, out=self.out, mine=mine, force=force)
+
     def staging(self) -> AbstractContextManager[Path]:
         """Scratch space: hidden inside a local OUTDIR, a local temporary folder otherwise."""
         return staging_dir(self.out.path if self.out.is_local else None)
@@ -135,8 +136,16 @@ def open_state(
 
 
 def finished_record(*, state: SceneState | None, target: SceneTarget) -> dict[str, Any] | None:
-    """The published ``run.json`` when this exact run (same key) already completed."""
+    """The published ``run.json`` when this exact run (same key) already completed and
+    its five outputs are still what was published (else the scene is published again)."""
     if state is None or not state.complete:
+        return None
+    if changed := changed_outputs(target.out, state.manifest.get("checksums") or {}):
+        warnings.warn(
+            f"{target.out.url}: {', '.join(changed)} missing or changed since the scene was "
+            "published; publishing it again",
+            stacklevel=2,
+        )
         return None
     record = read_json(target.out.child("run.json"))
     if record is None or record.get("run_key") != state.key:
@@ -380,41 +389,6 @@ def write_vectors_stage(
     write_vector(frame.to_crs(4326), workdir / "buildings.geojson", driver="GeoJSON")
 
 
-def package_versions() -> dict[str, str]:
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def run_record(
-    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
-    n_buildings: int, seconds: dict[str, float], target: SceneTarget, run_key: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    info = plan.info
-    return {
-        "scene": plan.scene,
-        "run_key": run_key,
-        "input": {"url": target.input.url, "path": info.path, **target.input_identity,
-                  "crs": info.crs.to_string(), "height": info.height, "width": info.width,
-                  "bands": list(info.bands)},
-        "config": config.model_dump(mode="json"),
-        "model": model.description,
-        "grid": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
-                 "shape": list(plan.grid.shape), "input_gsd_m": round(plan.gsd_m, 4),
-                 "scale_to_model": round(plan.scale, 4)},
-        "counts": {"tiles": stats.tiles, "tiles_inferred": stats.tiles_inferred,
-                   "tiles_skipped": stats.tiles_skipped, "tiles_reused": stats.tiles_reused,
-                   "batches": stats.batches,
-                   "buildings": n_buildings},
-        "seconds": seconds,
-        "versions": package_versions(),
-    }  # fmt: skip
-
-
 def publish_scene(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
     n_buildings: int, seconds: dict[str, float], workdir: Path, target: SceneTarget,
@@ -423,19 +397,18 @@ def publish_scene(
     """Write ``run.json`` and move the five staged outputs to the target, ``run.json`` last.
 
     Locally each file is renamed into place; on S3 each is one upload, visible only
-    once complete. Then the restart manifest is marked complete.
+    once complete. ``run.json`` records the data files' SHA-256; the restart manifest,
+    marked complete last, records all five (see :func:`finished_record`).
     """
+    staged = {name: fingerprint(workdir / name) for name in DATA_NAMES}
     record = run_record(
         plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds,
-        target=target, run_key=state.key if state is not None else None,
+        target=target, run_key=state.key if state is not None else None, checksums=staged,
     )  # fmt: skip
     write_json(workdir / "run.json", record)
-    outputs = {}
-    for name in OUTPUT_NAMES:
-        upload(workdir / name, dest := target.out.child(name))
-        outputs[name] = dest.url
+    outputs, checksums = publish_outputs(workdir, target.out, staged)
     if state is not None:
-        state.finish(outputs=outputs, keep_tiles=config.restart.keep_tiles)
+        state.finish(outputs=outputs, checksums=checksums, keep_tiles=config.restart.keep_tiles)
     return record
 
 
@@ -466,6 +439,18 @@ def segment_scene(
     with timer.stage("plan"):
         model = choose_model(model_path=model_path, config=config)
         target = SceneTarget.resolve(input_url=input_path, out_url=out_dir)
+    with target.claim(config, force=force):
+        return _run_claimed(
+            input_path=input_path, target=target, model=model, config=config, timer=timer,
+            progress=progress, client=client, force=force,
+        )  # fmt: skip
+
+
+def _run_claimed(
+    *, input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
+    progress: ProgressFn | None, client: Any | None, force: bool,
+) -> SceneResult:  # fmt: skip
+    with timer.stage("plan"):
         state = open_state(target=target, model=model, config=config, force=force)
         if (done := finished_record(state=state, target=target)) is not None:
             return SceneResult(out_dir=_display(target.out), record=done, skipped=True)

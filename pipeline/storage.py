@@ -330,6 +330,17 @@ def read_bytes(location: Location) -> bytes | None:
     return data
 
 
+def stat(location: Location) -> dict[str, Any] | None:
+    """fsspec's info of a file or object (``size``; ``ETag`` on S3), or None when there is none."""
+    try:
+        info: dict[str, Any] = filesystem(location).info(location.path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        raise _storage_error(location, "look it up", exc) from exc
+    return info
+
+
 def remove_tree(location: Location) -> None:
     """Delete a folder or prefix and everything under it (missing is fine)."""
     fs = filesystem(location)

@@ -42,14 +42,15 @@ def sweep_stale_staging(out: Path) -> list[Path]:
     removed = []
     for path in out.glob(f"{STAGING_PREFIX}*"):
         pid_text = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -80,6 +80,41 @@ def test_float_input_with_nan_nodata(make_tif: Any) -> None:
     assert (px[:, :10] == 0).all()
 
 
+def _non_finite_strips(image: np.ndarray) -> np.ndarray:
+    image[:, 10:20] = np.nan  # every band
+    image[0, 30:40] = np.inf  # one band only
+    image[2, 50:55] = -np.inf
+    return image
+
+
+@pytest.mark.parametrize("nodata", [None, -9999.0, "override"])
+def test_non_finite_floats_are_nodata_whatever_is_declared(make_tif: Any, nodata: Any) -> None:
+    """NaN and ±inf are nodata: with no nodata tag, another tag, or a config override."""
+    image = np.linspace(0, 1, 3 * 100 * 100, dtype=np.float32).reshape(3, 100, 100)
+    image[:, :, 90:] = -9999.0  # the declared nodata value, in columns 90-99
+    image = _non_finite_strips(image)
+    path = make_tif(image, nodata=None if nodata is None else -9999.0)
+    info = open_raster(path, nodata=-9999.0 if nodata == "override" else None)
+    tile = next(iter(TileGrid(height=100, width=100, tile_size=100, overlap=0)))
+    px, valid = read_tile(info, tile)
+    for rows in (slice(10, 20), slice(30, 40), slice(50, 55)):
+        assert not valid[rows].any() and (px[:, rows] == 0).all()
+    finite = np.ones(100, bool)
+    finite[10:20] = finite[30:40] = finite[50:55] = False
+    assert valid[finite][:, :90].all()
+    assert valid[finite][:, 90:].all() == (nodata is None)
+
+
+def test_non_finite_floats_do_not_poison_the_percentiles(make_tif: Any) -> None:
+    rng = np.random.default_rng(1)
+    image = _non_finite_strips(rng.uniform(1000, 3000, size=(3, 2100, 300)).astype(np.float32))
+    image[:, 1000:1400] = np.inf  # a wide strip, also in the decimated read
+    info = open_raster(make_tif(image))
+    for s in info.scaling:
+        assert np.isfinite([s.low, s.high]).all()
+        assert 1000 <= s.low < 1100 and 2900 < s.high <= 3000
+
+
 def test_nodata_from_mask_band(tmp_path: Path) -> None:
     image = coordinate_image(64, 64)
     path = tmp_path / "masked.tif"

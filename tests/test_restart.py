@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import PipelineConfig, load_config
+from pipeline.errors import OutputConflictError
 from pipeline.grid import TileGrid
 from pipeline.restart import (
     MANIFEST,
@@ -164,9 +165,27 @@ def test_a_finished_scene_is_recomputed_when_the_config_changes_or_forced(
     forced = segment_scene(input_path=str(scene), out_dir=out, config=cfg, client=client, force=True)
     assert not forced.skipped and forced.record["counts"]["tiles_inferred"] > 0
     changed = load_config(**{**CONFIG, "vectorize.min_area_m2": 50.0})
-    third = segment_scene(input_path=str(scene), out_dir=out, config=changed, client=client)
+    with pytest.raises(OutputConflictError, match="made with another config"):  # not over its outputs
+        segment_scene(input_path=str(scene), out_dir=out, config=changed, client=client)
+    third = segment_scene(input_path=str(scene), out_dir=out, config=changed, client=client, force=True)
     assert not third.skipped and third.record["run_key"] != first.record["run_key"]
     assert third.record["counts"]["tiles_reused"] == 0
+
+
+@pytest.mark.slow
+def test_a_lost_output_is_republished_from_the_tile_cache(scene: Path, tmp_path: Path, client: Any) -> None:
+    out = tmp_path / "k" / "scene"
+    config = load_config(**CONFIG)  # keep_tiles: the cache outlives the publish
+    first = segment_scene(input_path=str(scene), out_dir=out, config=config, client=client)
+    reference = _outputs(out)
+    (out / "mask.tif").unlink()
+    with pytest.warns(UserWarning, match="mask.tif missing or changed"):
+        again = segment_scene(input_path=str(scene), out_dir=out, config=config, client=client)
+    counts = again.record["counts"]
+    assert not again.skipped and counts["tiles_inferred"] == 0
+    assert counts["tiles_reused"] == first.record["counts"]["tiles_inferred"]
+    assert _outputs(out) == reference
+    assert segment_scene(input_path=str(scene), out_dir=out, config=config, client=client).skipped
 
 
 def test_restart_disabled_keeps_no_state(scene: Path, tmp_path: Path, client: Any) -> None:

@@ -141,6 +141,18 @@ def test_cli_segments_an_s3_scene_into_s3(s3: dict[str, Any], tmp_path: Path) ->
     )
     assert result.exit_code == 0, result.output
     assert {p.rsplit("/", 1)[-1] for p in fs.ls("footprints/cli/rio55")} == OUTPUTS
+    mask = fs.cat("footprints/cli/rio55/mask.tif")
+    fs.rm("footprints/cli/rio55/mask.tif")  # a lost output: published again, not "up to date"
+    again = runner.invoke(
+        app, ["segment", "s3://imagery/scenes/rio55.tif", "--out", "s3://footprints/cli/rio55"]
+    )
+    assert again.exit_code == 0 and "up to date" not in again.output, again.output
+    assert fs.cat("footprints/cli/rio55/mask.tif") == mask
+    other = runner.invoke(
+        app, ["segment", "s3://imagery/scenes/austin.tif", "--out", "s3://footprints/cli/rio55"]
+    )
+    assert other.exit_code == 2 and "s3://imagery/scenes/rio55.tif" in other.output  # its owner
+    assert fs.cat("footprints/cli/rio55/mask.tif") == mask
     missing = runner.invoke(
         app, ["segment", "s3://imagery/scenes/nope.tif", "--out", "s3://footprints/cli/x"]
     )

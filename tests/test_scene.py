@@ -72,6 +72,32 @@ def test_run_record(scene_run: tuple[Path, Path]) -> None:
     assert rec["versions"]["torch"] and rec["versions"]["rasterio"]
 
 
+def test_non_finite_float_pixels_are_nodata_in_every_output(tmp_path: Path, small_config: Path) -> None:
+    """A float32 scene without a nodata tag: its NaN/inf strip is nodata, and no building."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from tests.conftest import ORIGIN, write_tif
+
+    image = coordinate_image(300, 300).astype(np.float32)
+    image[:, 100:160] = np.nan
+    image[0, 160:200] = np.inf
+    image[1, 200:210] = -np.inf
+    src = write_tif(tmp_path / "float.tif", image)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["segment", str(src), "--out", str(out), "--config", str(small_config)])
+    assert result.exit_code == 0, result.output
+    bad = np.zeros((300, 300), bool)
+    bad[100:210] = True
+    with rasterio.open(out / "probability.tif") as prob, rasterio.open(out / "mask.tif") as mask:
+        np.testing.assert_array_equal(prob.dataset_mask() > 0, ~bad)
+        values = mask.read(1)
+        assert (values[bad] == mask.nodata).all() and (values[~bad] != mask.nodata).all()
+    strip = box(*(ORIGIN * (0, 209)), *(ORIGIN * (300, 100))).buffer(-0.5)
+    frame = gpd.read_file(out / "buildings.gpkg")
+    assert not frame.geometry.intersects(strip).any()
+
+
 BAD_CASES = ["missing", "not-raster", "no-crs", "zero-size", "bands"]
 
 
