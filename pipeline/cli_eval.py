@@ -104,6 +104,9 @@ def validate_command(
     model: Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Pipeline YAML config.")] = None,
     min_area: MinAreaOpt = 8.0,
+    grayscale: Annotated[
+        bool, typer.Option("--grayscale", help="Give each scene as one band (luma): panchromatic input.")
+    ] = False,
 ) -> None:
     """Segment every validation scene of DATA with the full pipeline and evaluate it."""
     from pipeline.config import load_config
@@ -113,7 +116,7 @@ def validate_command(
     with friendly_errors(err):
         report = validate(
             data=data, out_dir=out, config=load_config(config),
-            model_path=str(model) if model else None, min_area_m2=min_area,
+            model_path=str(model) if model else None, min_area_m2=min_area, grayscale=grayscale,
         )  # fmt: skip
         write_json(out / "validation.json", report)
     print_report(report, Console(), err)

@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from pipeline import polygon_metrics
+from pipeline.eval_errors import KINDS_PRED, KINDS_TRUTH
 
 COUNTS = ("tp", "fp", "fn")
 OBJECT_KINDS = ("object", "object_iou25")
@@ -74,6 +75,11 @@ def pool(scenes: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[kind] = object_scores(**_counts(scenes, kind))
     if all("polygon" in s for s in scenes):
         out["polygon"] = polygon_metrics.pool([s["polygon"] for s in scenes])
+    if scenes and all("errors" in s for s in scenes):
+        out["errors"] = {
+            side: {kind: sum(int(s["errors"][side][kind]) for s in scenes) for kind in kinds}
+            for side, kinds in (("truth", KINDS_TRUTH), ("pred", KINDS_PRED))
+        }
     return out
 
 
@@ -204,8 +210,29 @@ def polygon_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def errors_table(report: dict[str, Any]) -> Table:
+    """Unmatched buildings by kind (pipeline.eval_errors), per source or scene, then pooled."""
+    table = Table(title="errors by kind: missed truth buildings (FN) | unmatched predictions (FP)")
+    per_source = "sources" in report
+    table.add_column("source" if per_source else "scene", overflow="fold", max_width=28)
+    for header in ("FN merge", "split", "outline", "miss", "FP merge", "split", "outline", "false pos"):
+        table.add_column(header, justify="right")
+    rows = report["sources"].items() if per_source else ((s["scene"], s) for s in report["scenes"])
+    for name, entry in [*rows, ("pooled" if per_source else "overall", report["overall"])]:
+        if "errors" in entry:
+            errors = entry["errors"]
+            cells = [str(errors["truth"][k]) for k in KINDS_TRUTH] + [
+                str(errors["pred"][k]) for k in KINDS_PRED
+            ]
+            table.add_row(str(name), *cells)
+    return table
+
+
 def report_tables(report: dict[str, Any]) -> list[Table]:
-    """With sources: macro and pooled, per source, polygon metrics, per scene; else per scene first."""
+    """With sources: macro and pooled, per source, polygons, errors, per scene; else per scene first."""
     if "macro" in report:
-        return [headline_table(report), sources_table(report), polygon_table(report), results_table(report)]
-    return [results_table(report), polygon_table(report)]
+        return [
+            headline_table(report), sources_table(report), polygon_table(report),
+            errors_table(report), results_table(report),
+        ]  # fmt: skip
+    return [results_table(report), polygon_table(report), errors_table(report)]

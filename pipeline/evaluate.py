@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline import polygon_metrics
 from pipeline.errors import ConfigError, EvaluationInputError
+from pipeline.eval_errors import classify_errors
 from pipeline.eval_inputs import (
     Polygons,
     clean_polygons,
@@ -249,7 +250,11 @@ def evaluate_scene(
         "object": objects.scores(iou_threshold),
         "object_iou25": objects.scores(LOOSE_IOU_THRESHOLD),
         "polygon": polygon_metrics.summarize(objects.pred[mp], objects.truth[mt]),
-    }
+        "errors": classify_errors(
+            objects.pred, objects.truth, pred_idx=objects.pred_idx, truth_idx=objects.truth_idx,
+            iou=objects.iou, matched_pred=mp, matched_truth=mt,
+        ),
+    }  # fmt: skip
 
 
 def _check_params(

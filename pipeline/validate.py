@@ -25,6 +25,7 @@ from pipeline.config import PipelineConfig
 from pipeline.dataset import IGNORE, Scene, load_dataset
 from pipeline.dispatch import connect
 from pipeline.evaluate import evaluate
+from pipeline.sampling import to_grayscale
 from pipeline.scene import segment_scene
 
 #: Grid for images without a georeference: UTM 31N near the equator, GSD from the yaml.
@@ -40,17 +41,22 @@ def scene_grid(scene: Scene) -> tuple[CRS, Affine]:
     return LOCAL_CRS, Affine(scene.gsd_m, 0, 500000.0, 0, -scene.gsd_m, 100000.0 + h * scene.gsd_m)
 
 
-def write_scene(scene: Scene, folder: Path) -> tuple[Path, Path]:
-    """The scene's image (nodata masked) and its label (0/1, nodata 255) as GeoTIFFs."""
+def write_scene(scene: Scene, folder: Path, *, grayscale: bool = False) -> tuple[Path, Path]:
+    """The scene's image (nodata masked) and its label (0/1, nodata 255) as GeoTIFFs.
+
+    ``grayscale`` writes the image as one band, its luma (as a panchromatic sensor would see
+    it), which the pipeline repeats to RGB like any 1-band input.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     crs, transform = scene_grid(scene)
     h, w = scene.label.shape
     common = {"driver": "GTiff", "height": h, "width": w, "crs": crs, "transform": transform}
     image_path, label_path = folder / "image.tif", folder / "truth.tif"
+    bands = to_grayscale(scene.image)[:, :, :1] if grayscale else scene.image
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
-        image_path, "w", count=3, dtype="uint8", **common
+        image_path, "w", count=bands.shape[2], dtype="uint8", **common
     ) as ds:  # fmt: skip
-        ds.write(scene.image.transpose(2, 0, 1))
+        ds.write(bands.transpose(2, 0, 1))
         ds.write_mask(np.where(scene.label == IGNORE, 0, 255).astype(np.uint8))
     with rasterio.open(label_path, "w", count=1, dtype="uint8", nodata=IGNORE, **common) as ds:
         ds.write(scene.label, 1)
@@ -63,7 +69,13 @@ def _slug(scene: Scene) -> str:
 
 
 def validate(
-    *, data: Path, out_dir: Path, config: PipelineConfig, model_path: str | None, min_area_m2: float
+    *,
+    data: Path,
+    out_dir: Path,
+    config: PipelineConfig,
+    model_path: str | None,
+    min_area_m2: float,
+    grayscale: bool = False,
 ) -> dict[str, Any]:
     """Segment every validation scene into ``out_dir/<scene>/out`` and score them all."""
     dataset = load_dataset(data, splits=("val",))
@@ -75,7 +87,7 @@ def validate(
     ) as c:
         for scene in dataset.scenes:
             folder = out_dir / _slug(scene)
-            image, truth = write_scene(scene, folder)
+            image, truth = write_scene(scene, folder, grayscale=grayscale)
             segment_scene(
                 input_path=os.fspath(image), out_dir=folder / "out", config=config,
                 model_path=model_path, client=c,

@@ -51,3 +51,25 @@ def test_validate_scores_each_val_scene(tmp_path: Path) -> None:
     assert {"c_iou", "polis_m", "max_tangent_deg", "rotation_deg"} <= set(macro["polygon"])
     text = result.stdout
     assert text.index("macro") < text.index("pooled") < text.index("per source") < text.index("png-a")
+
+
+def test_grayscale_writes_one_band_of_luma(tmp_path: Path) -> None:
+    import rasterio
+    from affine import Affine
+
+    from pipeline.dataset import RasterGrid, Scene
+    from pipeline.validate import write_scene
+
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 150, 200
+    label = np.zeros((4, 5), np.uint8)
+    label[0, 0] = 255
+    grid = RasterGrid(crs=None, transform=Affine.identity(), shape=(4, 5))
+    scene = Scene("s", "a.png", "val", 0.5, 1.0, rgb, label, Path("a.png"), Path("a_gt.png"), grid)
+    image, _ = write_scene(scene, tmp_path / "grey", grayscale=True)
+    with rasterio.open(image) as ds:
+        assert ds.count == 1 and (ds.read(1) == 141).all()  # 0.299*100 + 0.587*150 + 0.114*200
+        assert ds.read_masks(1)[0, 0] == 0 and ds.read_masks(1)[1, 1] == 255
+    image, _ = write_scene(scene, tmp_path / "rgb")
+    with rasterio.open(image) as ds:
+        assert ds.count == 3
