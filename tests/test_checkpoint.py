@@ -241,3 +241,36 @@ def test_metadata_validation() -> None:
         CheckpointMetadata(gsd_m=-1.0)
     with pytest.raises(ConfigError):
         CheckpointMetadata(std=(0.5, 0.0, 0.5))
+
+
+def test_half_precision_checkpoint_loads_back_to_the_rounded_weights(
+    model: DeepLabV3, saved: Path, tmp_path: Path
+) -> None:
+    half = save_checkpoint(
+        tmp_path / "half.safetensors", model=model, spec=model.spec, metadata=CheckpointMetadata(), half=True
+    )
+    assert half.stat().st_size < 0.6 * saved.stat().st_size
+    loaded = load_checkpoint(half).model.state_dict()
+    for key, value in model.state_dict().items():
+        expected = value.half().to(value.dtype) if value.is_floating_point() else value
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], expected), key
+
+
+def test_variant_script_runs_the_same_weights_at_output_stride_8(saved: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "os8.safetensors"
+    done = subprocess.run(
+        [sys.executable, "scripts/checkpoint_variant.py", str(saved), str(out), "--output-stride", "8",
+         "--threshold", "0.55"],
+        cwd=repo, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(saved), load_checkpoint(out)
+    assert (b.spec.output_stride, b.spec.rates, b.info.threshold) == (8, (12, 24, 36), 0.55)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    same = subprocess.run([sys.executable, "scripts/checkpoint_variant.py", str(out), str(out)], cwd=repo)
+    assert same.returncode != 0
