@@ -271,7 +271,7 @@ def _result(fut: Any, batch: Sequence[Tile]) -> BatchResult:
     except KilledWorker as exc:
         raise WorkerLostError(
             f"tiles {batch[0].index}-{batch[-1].index}: the Dask workers running them died "
-            f"{dask.config.get('distributed.scheduler.allowed-failures') + 1} times (out of memory?); "
+            f"{int(exc.allowed_failures) + 1} times (out of memory?); "
             "lower tiling.batch_size or dask.n_workers, or give the workers more memory, and rerun "
             "the same command to resume"
         ) from exc

@@ -23,8 +23,9 @@ from pathlib import Path
 from pipeline.errors import FootprintsError, OutputError, chain, os_reason
 
 #: Bytes a run writes per input pixel and model channel at its peak: the deflated scratch
-#: rasters and their COGs (about 1.2), plus the tile cache with its overlap (about 0.6).
-#: Measured on the demo scene (0.9 B/px for 2 channels), with a margin for busier imagery.
+#: rasters and their COGs, plus the tile cache with its overlap. The demo scene (1 MP, two
+#: channels) peaked at 2.1 MB, 0.7 MB of it the cache: about 0.7 + 0.35 B/px per channel;
+#: these allow 1.7 times that, for busier imagery.
 BYTES_PER_PIXEL_CHANNEL = 1.2
 CACHE_BYTES_PER_PIXEL_CHANNEL = 0.6
 #: Headroom kept free whatever the estimate (vector files, GDAL's temporary files).
