@@ -23,6 +23,7 @@ from pipeline.scene import (
     SceneTarget,
     StageTimer,
     StitchStats,
+    check_room,
     choose_model,
     finished_record,
     infer_and_stitch,
@@ -129,6 +130,7 @@ def _run_claimed(
             return {**done, "skipped": True}
         plan = plan_task(input_path, config, model)
     logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.description["id"])
+    check_room(plan=plan, target=target, model=model, config=config, state=state)
     with target.staging() as work:
         with timer.stage("infer_stitch"):
             stats = infer_task(plan, model, config, work, state)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
 from pipeline.errors import CheckpointError, ConfigError, ModelError
-from pipeline.files import METADATA_KEY, file_sha256, read_checkpoint_metadata
+from pipeline.files import METADATA_KEY, file_sha256, read_checkpoint_metadata, tensor_shapes
 from pipeline.model import DeepLabV3, ModelSpec, build_model
 from pipeline.storage import FILE_MODE
 
@@ -49,6 +49,7 @@ __all__ = [
     "METADATA_KEY",
     "CheckpointMetadata",
     "LoadedModel",
+    "check_checkpoint",
     "file_sha256",
     "load_checkpoint",
     "read_checkpoint_metadata",
@@ -273,16 +274,51 @@ def spec_from_metadata(metadata: Mapping[str, Any], *, source: str = "checkpoint
 
 
 def _check_state(path: Path, model: DeepLabV3, state: Mapping[str, Tensor]) -> None:
-    expected = model.state_dict()
+    _check_shapes(path, _shapes(model.state_dict()), _shapes(state))
+
+
+def _shapes(tensors: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def _check_shapes(
+    path: Path, expected: Mapping[str, tuple[int, ...]], state: Mapping[str, tuple[int, ...]]
+) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k] != state[k])
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path}: weights do not fit the model in its header (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}; {len(missing)}/"
             f"{len(unexpected)}/{len(wrong)} in all); re-save the checkpoint with save_checkpoint"
         )
+
+
+def check_checkpoint(path: str | os.PathLike[str]) -> None:
+    """What :func:`load_checkpoint` checks, from the header alone, so that the client catches it.
+
+    The header must describe a valid model, and the file's tensor names and shapes must be
+    that model's (a foreign checkpoint with a copied header fails here, not on a worker).
+    The model is built on torch's ``meta`` device: no memory, no weights read.
+    """
+    source = Path(path)
+    metadata = read_checkpoint_metadata(source)
+    spec = spec_from_metadata(metadata, source=str(source))
+    _metadata_info(source, metadata)
+    found = tensor_shapes(source)
+    with torch.device("meta"):
+        model = build_model(spec)
+    _check_shapes(source, _shapes(model.state_dict()), found)
+
+
+def _metadata_info(source: Path, metadata: Mapping[str, Any]) -> CheckpointMetadata:
+    try:
+        return CheckpointMetadata.from_json_dict(metadata)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{source}: header metadata is invalid ({exc}); re-save it with save_checkpoint"
+        ) from exc
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
@@ -294,12 +330,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
     source = Path(path)
     metadata = read_checkpoint_metadata(source)
     spec = spec_from_metadata(metadata, source=str(source))
-    try:
-        info = CheckpointMetadata.from_json_dict(metadata)
-    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{source}: header metadata is invalid ({exc}); re-save it with save_checkpoint"
-        ) from exc
+    info = _metadata_info(source, metadata)
     try:
         state = safetensors.torch.load_file(str(source), device="cpu")
     except Exception as exc:  # SafetensorError for truncated or corrupted data

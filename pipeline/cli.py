@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.config import load_config
@@ -34,18 +31,6 @@ def _show_warnings() -> None:
         err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     warnings.showwarning = show
-
-
-@contextmanager
-def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 @app.command()
@@ -71,12 +56,13 @@ def segment(
     locked while a run writes it, and outputs of another scene or config are only
     replaced with --force.
     """
+    from pipeline.progress import ProgressReporter
     from pipeline.scene import segment_scene
 
     _show_warnings()
     with friendly_errors(err):
         cfg = load_config(config, **{"dask.scheduler": scheduler})
-        with _progress_bar("tiles") as progress:
+        with ProgressReporter(err) as progress:
             result = segment_scene(
                 input_path=input,
                 out_dir=out,
@@ -84,6 +70,7 @@ def segment(
                 model_path=str(model) if model else None,
                 progress=progress,
                 force=force,
+                on_plan=progress.planned,
             )
     rec = result.record
     if result.skipped:

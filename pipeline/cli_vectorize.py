@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from pipeline.console import friendly_errors
-from pipeline.errors import ConfigError, MissingCRSError
+from pipeline.errors import BandMappingError, ConfigError, MissingCRSError
 from pipeline.write import write_vector
 
 if TYPE_CHECKING:
@@ -58,11 +58,16 @@ def output_driver(path: Path) -> str:
     return driver
 
 
-def _check_crs(path: Path) -> tuple[float, float, float, float]:
-    """Bounds of a valid values raster ``path``, which must have a CRS."""
+def _check_values(path: Path) -> tuple[float, float, float, float]:
+    """Bounds of a valid values raster ``path``: one band, with a CRS."""
     from pipeline.polygonize import open_values
 
     with open_values(str(path)) as ds:
+        if ds.count > 1:
+            raise BandMappingError(
+                f"{path}: has {ds.count} bands, so it looks like an image, not a mask; pass a one-band "
+                "mask or region raster, e.g. OUTDIR/mask.tif of `footprints segment` (which takes images)"
+            )
         if ds.crs is None:
             raise MissingCRSError(
                 f"{path}: raster has no CRS, so areas in m² are unknown; assign one with "
@@ -140,7 +145,7 @@ def vectorize_command(
             )
         cfg = load_config(config, **overrides)
         stats_path = None if stats is None else str(stats)
-        bounds = _check_crs(mask)
+        bounds = _check_values(mask)
         regions = polygonize_blocks(str(mask), block_size=block_size, stats_path=stats_path)
         frame = regions_frame(
             regions,

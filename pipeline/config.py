@@ -145,9 +145,12 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         where = str(path) if path is not None else "config"
-        first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{where}: {loc}: {first['msg']}; see configs/default.yaml") from exc
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {' '.join(e['msg'].split())}" for e in exc.errors()
+        )
+        count = len(exc.errors())
+        label = f"{count} problems: " if count > 1 else ""
+        raise ConfigError(f"{where}: {label}{problems}; see configs/default.yaml for valid values") from exc
 
 
 def default_checkpoint() -> Path | None:

@@ -9,7 +9,9 @@ bit-packed validity mask) travel back. Each worker loads the model once, through
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,9 @@ import rasterio
 from dask.distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 from numpy.typing import NDArray
+from rasterio.errors import RasterioError
 
+from pipeline.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
 from pipeline.grid import Tile, TileGrid
 from pipeline.infer import ModelSource, cached_segmenter
 from pipeline.read import RasterInfo, read_tile
@@ -65,7 +69,36 @@ class ModelPlugin(WorkerPlugin):
         self.source = source
 
     def setup(self, worker: Any) -> None:
-        cached_segmenter(self.source)
+        error: FootprintsError | None = None
+        try:
+            cached_segmenter(self.source)
+        except FootprintsError as exc:
+            error = detach(exc)
+        if error is not None:
+            raise error
+
+
+class _NoComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietWorker(WorkerPlugin):
+    """For the worker processes of our own local cluster: no noise on the shared terminal.
+
+    They ignore SIGINT: Ctrl-C reaches the whole process group, and the client alone
+    handles it (it stops the cluster and says how to resume). They do not log a failed task
+    ("Compute Failed", its arguments and traceback): the client reports its error, once; nor
+    the tasks cancelled when the client stops the cluster after an error or Ctrl-C.
+    """
+
+    name = "footprints-quiet-worker"
+
+    def setup(self, worker: Any) -> None:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        logging.getLogger("distributed.worker").addFilter(_NoComputeFailed())
+        logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def predict_batch(
@@ -76,7 +109,36 @@ def predict_batch(
     cache: TileCache | None = None,
     from_cache: bool = False,
 ) -> BatchResult:
-    """Worker task: read the windows, skip all-nodata tiles, predict the rest.
+    """Worker task: :func:`infer_batch`, whose errors come back as one picklable line.
+
+    A footprints error is sent without its chain (see :func:`pipeline.errors.detach`); a
+    GDAL or OS error (rasterio's, including its ``CPLE_*`` errors) becomes a
+    :class:`RasterReadError` naming the input.
+    """
+    error: FootprintsError | None = None
+    try:
+        return infer_batch(info, tiles, source, scale, cache, from_cache)
+    except FootprintsError as exc:
+        error = detach(exc)
+    except Exception as exc:
+        if not isinstance(exc, OSError | RasterioError) and not type(exc).__module__.startswith("rasterio"):
+            raise  # a bug, not the input: its traceback helps
+        error = RasterReadError(
+            f"{info.path}: reading tiles {tiles[0].index}-{tiles[-1].index} failed ({cause_text(exc)}); "
+            "check that the file is complete and readable (re-download or re-export it)"
+        )
+    raise error  # outside the except blocks: nothing unpicklable is chained to it
+
+
+def infer_batch(
+    info: RasterInfo,
+    tiles: Sequence[Tile],
+    source: ModelSource,
+    scale: float = 1.0,
+    cache: TileCache | None = None,
+    from_cache: bool = False,
+) -> BatchResult:
+    """Read the windows, skip all-nodata tiles, predict the rest.
 
     With a ``cache``, inferred tiles are saved to it; with ``from_cache`` too (the
     client's manifest says the whole batch finished before), the batch is loaded from
@@ -188,11 +250,32 @@ def connect(*, scheduler: str | None, n_workers: int = 1, threads_per_worker: in
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs={
+                "dashboard": False,
+                "dashboard_address": "127.0.0.1:0",
+            },  # not 8787: may be taken
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
+        client.register_plugin(QuietWorker(), name=QuietWorker.name)
         yield client
+
+
+def _result(fut: Any, batch: Sequence[Tile]) -> BatchResult:
+    """The batch's result; a batch whose workers kept dying is a :class:`WorkerLostError`."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        result: BatchResult = fut.result()
+    except KilledWorker as exc:
+        raise WorkerLostError(
+            f"tiles {batch[0].index}-{batch[-1].index}: the Dask workers running them died "
+            f"{int(exc.allowed_failures) + 1} times (out of memory?); "
+            "lower tiling.batch_size or dask.n_workers, or give the workers more memory, and rerun "
+            "the same command to resume"
+        ) from exc
+    return result
 
 
 def workers_have_gpus(client: Client) -> bool:
@@ -247,7 +330,7 @@ def run_batches(
     fill()
     for fut in ac:
         i = pending.pop(fut.key)
-        on_batch(fut.result())
+        on_batch(_result(fut, todo[i]))
         fut.release()
         done.add(i)
         while oldest in done:

@@ -11,7 +11,16 @@ import re
 
 
 class FootprintsError(Exception):
-    """Root of all footprints errors."""
+    """Root of all footprints errors.
+
+    Every one pickles as its class and its one-line message, so it crosses a Dask worker
+    boundary intact; :func:`detach` first folds the cause into the message and drops the
+    chain (a third-party cause may not unpickle, and Dask would then send a plain
+    ``Exception`` instead).
+    """
+
+    def __reduce__(self) -> tuple[type[FootprintsError], tuple[str]]:
+        return (type(self), (str(self),))
 
 
 class InputNotFoundError(FootprintsError, FileNotFoundError):
@@ -66,12 +75,87 @@ class OutputBusyError(OutputError, BlockingIOError):
     """Another run holds OUTDIR's lock."""
 
 
+class GeoreferenceError(FootprintsError, ValueError):
+    """A raster's geotransform cannot be used (a sheared pixel grid)."""
+
+
+class NoDataError(FootprintsError, ValueError):
+    """Every pixel of the input is nodata: there is nothing to segment."""
+
+
+class WorkerLostError(FootprintsError, RuntimeError):
+    """Dask workers died running the same batch more times than Dask allows."""
+
+
 class StorageError(FootprintsError, OSError):
     """A bucket or folder cannot be listed, read or written."""
 
 
 class TransientIOError(FootprintsError, OSError):
     """An I/O failure that a retry may cure (a dropped connection, a 5xx, a timeout)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM; ``tiles_kept`` finished tiles are cached."""
+
+    def __init__(self, tiles_kept: int = 0) -> None:
+        super().__init__(tiles_kept)
+        self.tiles_kept = tiles_kept
+
+    def __str__(self) -> str:
+        return f"interrupted; rerun the same command to resume ({self.tiles_kept} tiles kept)"
+
+
+def chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (or, unless suppressed, the exceptions it was raised while handling)."""
+    chain, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
+def cause_text(exc: BaseException) -> str:
+    """What went wrong, from ``exc`` and its causes, on one line: GDAL's messages, not rasterio's
+    "See previous exception for details"."""
+    texts: list[str] = []
+    for item in chain(exc):
+        text = " ".join(str(item).split())
+        if text and "previous exception" not in text and not any(text in t for t in texts):
+            texts.append(text)
+    return " / ".join(texts) or type(exc).__name__
+
+
+def os_reason(exc: BaseException) -> str:
+    """The message of the innermost ``OSError`` with an errno in ``exc``'s chain (``[Errno 13]
+    Permission denied: '/x'``), else :func:`cause_text`."""
+    for item in reversed(chain(exc)):
+        if isinstance(item, OSError) and item.errno is not None:
+            return " ".join(str(item).split())
+    return cause_text(exc)
+
+
+def flat_message(exc: BaseException) -> str:
+    """``exc``'s message on one line, with what its causes say that it does not (before its fix)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    extra = [t for t in (cause_text(c) for c in chain(exc)[1:2]) if t and t not in text]
+    if not extra:
+        return text
+    head, sep, fix = text.partition("; ")
+    return f"{head} ({extra[0]}){sep}{fix}"
+
+
+def detach(exc: FootprintsError) -> FootprintsError:
+    """A copy of ``exc`` without cause, context or traceback, the causes folded into its message.
+
+    Raise the copy outside the ``except`` block that caught ``exc`` (or Python chains it again).
+    """
+    copy = type(exc)(flat_message(exc))
+    copy.__cause__ = copy.__context__ = None
+    copy.__suppress_context__ = True
+    return copy
 
 
 #: Third-party exception classes (botocore, aiohttp, urllib3) that mean "try again".

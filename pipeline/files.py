@@ -67,3 +67,16 @@ def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             "checkpoint with save_checkpoint"
         )
     return record
+
+
+def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor in a safetensors file, from its header only."""
+    source = Path(path)
+    require_checkpoint(source)
+    try:
+        with safe_open(str(source), framework="numpy") as f:
+            return {name: tuple(int(n) for n in f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # SafetensorError and OS errors for garbage files
+        raise CheckpointError(
+            f"{source}: not a readable safetensors file ({exc}); pass a checkpoint written by save_checkpoint"
+        ) from exc

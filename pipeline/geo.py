@@ -100,11 +100,29 @@ def reproject(geoms: NDArray[np.object_], *, src: ProjCRS, dst: ProjCRS) -> NDAr
 
 
 def pixel_size_m(crs: CRS, transform: tuple[float, ...], bounds: tuple[float, float, float, float]) -> float:
-    """Mean ground sample distance in metres of a raster's pixels."""
+    """Mean ground sample distance in metres of a raster's pixels.
+
+    The square root of one pixel's ground area: the parallelogram spanned by the
+    transform's column and row steps, so a rotated grid has the size of its pixels too.
+    """
     frame = MetricFrame.for_scene(crs, bounds)
-    a, e = abs(transform[0]), abs(transform[4])
+    a, b, _, d, e = transform[:5]
     left, bottom, right, top = bounds
     cx, cy = (left + right) / 2, (bottom + top) / 2
-    box = shapely.box(cx, cy, cx + a, cy + e)
-    metric = frame.to_metric(np.array([box], dtype=object))[0]
+    pixel = shapely.Polygon([(cx, cy), (cx + a, cy + d), (cx + a + b, cy + d + e), (cx + b, cy + e)])
+    metric = frame.to_metric(np.array([pixel], dtype=object))[0]
     return float(np.sqrt(shapely.area(metric)))
+
+
+#: Rows and columns of a pixel grid may deviate this much from a right angle (degrees).
+SHEAR_TOLERANCE_DEG = 0.01
+
+
+def shear_deg(transform: tuple[float, ...]) -> float:
+    """How far the angle between a geotransform's columns and rows is from 90 degrees."""
+    a, b, _, d, e = transform[:5]
+    norm = float(np.hypot(a, d) * np.hypot(b, e))
+    if norm == 0.0:
+        return 0.0
+    cos = float(np.clip((a * b + d * e) / norm, -1.0, 1.0))
+    return abs(90.0 - float(np.degrees(np.arccos(cos))))

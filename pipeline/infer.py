@@ -196,6 +196,11 @@ class CheckpointSource:
         )
 
     def describe(self) -> dict[str, Any]:
+        """What the run records of the checkpoint, once its header and tensors were checked here
+        (on the client: a bad checkpoint fails before any worker starts)."""
+        from pipeline.checkpoint import check_checkpoint
+
+        check_checkpoint(self.path)
         meta = read_checkpoint_metadata(self.path)
         return {
             "id": Path(self.path).stem,

@@ -9,6 +9,7 @@ overviews when the file has them). Every tile leaves this module as uint8
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,14 @@ from rasterio.windows import Window
 from pipeline.errors import (
     BandMappingError,
     EmptyRasterError,
+    GeoreferenceError,
     InputNotFoundError,
     MissingCRSError,
     NotARasterError,
     RasterReadError,
+    cause_text,
 )
+from pipeline.geo import SHEAR_TOLERANCE_DEG, shear_deg
 from pipeline.grid import Tile
 
 #: Longest side of the decimated read used for percentile statistics.
@@ -130,6 +134,40 @@ def _open(path: str) -> Any:
         ) from exc
 
 
+def check_vrt_sources(path: str) -> None:
+    """Name the first source file of a local VRT that does not exist.
+
+    GDAL opens such a VRT and fails only when a worker reads the missing part.
+    """
+    if _is_remote(path) or not path.lower().endswith(".vrt"):
+        return
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return  # GDAL's own error says more
+    base = os.path.dirname(os.path.abspath(path))
+    for element in root.iter("SourceFilename"):
+        name = (element.text or "").strip()
+        if not name or _is_remote(name):
+            continue
+        source = os.path.join(base, name) if element.get("relativeToVRT") == "1" else name
+        if not os.path.exists(source):
+            raise InputNotFoundError(
+                f"{path}: VRT source {source} not found; restore that file, or fix its path in the VRT "
+                "(gdalbuildvrt rebuilds it from the files that exist)"
+            )
+
+
+def check_pixel_grid(path: str, transform: Affine) -> None:
+    """Refuse a sheared geotransform (rows not at a right angle to columns)."""
+    shear = shear_deg(tuple(transform))
+    if shear > SHEAR_TOLERANCE_DEG:
+        raise GeoreferenceError(
+            f"{path}: the pixel grid is sheared ({shear:.2f} degrees off a right angle), so pixel sizes "
+            "and areas are undefined; warp it to a north-up grid first, e.g. `gdalwarp IN OUT`"
+        )
+
+
 def _block_shape(ds: Any) -> tuple[int, int] | None:
     if not ds.profile.get("tiled", False):
         return None
@@ -169,11 +207,13 @@ def open_raster(
     """Open and validate an input raster, returning its :class:`RasterInfo`.
 
     Raises a :class:`~pipeline.errors.FootprintsError` subclass whose message names
-    the file, the problem and the fix for: a missing file, a non-raster, a raster
-    without CRS, a zero-size raster and bands the config cannot map.
+    the file, the problem and the fix for: a missing file (or VRT source), a non-raster,
+    a raster without CRS, a zero-size raster, a sheared pixel grid and bands the config
+    cannot map.
     """
     path = os.fspath(path)
     _check_exists(path)
+    check_vrt_sources(path)
     with _open(path) as ds:
         if ds.width == 0 or ds.height == 0:
             raise EmptyRasterError(
@@ -185,6 +225,7 @@ def open_raster(
                 f"{path}: raster has no CRS; assign one, e.g. "
                 "`gdal_edit.py -a_srs EPSG:32614 FILE`, and run again"
             )
+        check_pixel_grid(path, ds.transform)
         mapped = map_bands(path, count=ds.count, bands=bands)
         nd = nodata if nodata is not None else ds.nodata
         scaling: tuple[BandScaling, ...] = ()
@@ -262,7 +303,8 @@ def read_tile(
         valid = _valid_mask(dataset, info, window, data)
     except RasterioIOError as exc:
         raise RasterReadError(
-            f"{info.path}: reading window {tile.window} failed ({exc}); check the file is intact"
+            f"{info.path}: reading window {tile.window} failed ({cause_text(exc)}); check that "
+            "the file is complete and readable (re-download or re-export it)"
         ) from exc
     pixels = _to_uint8(data, info.scaling)
     pixels[:, ~valid] = 0

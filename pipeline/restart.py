@@ -4,7 +4,9 @@ A scene run is identified by its *run key*: the input's content (SHA-256 for loc
 files, ETag plus size on S3), the model's SHA-256 and the digest of the config
 sections that change the outputs. State lives in a hidden sibling of the output
 folder, ``<parent>/.footprints-state/<name>/``, so OUTDIR itself only ever holds the
-five outputs:
+five outputs. When that folder cannot be created (a read-only parent of a local
+OUTDIR), it lives in ``$XDG_STATE_HOME/footprints/<name>-<hash of OUTDIR>/`` instead
+(``~/.local/state`` without the variable):
 
 - ``manifest.json``: the key, when the run was first started, the finished tiles
   and stages, and ``status`` (``running`` or ``complete``);
@@ -20,17 +22,21 @@ Tiles are deleted once the scene has been published.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.errors import OutputError, os_reason
 from pipeline.grid import Tile
 from pipeline.storage import Location, read_bytes, read_json, remove_tree, write_bytes_atomic, write_json
 
@@ -57,9 +63,34 @@ def run_key(*, input_identity: dict[str, Any], model_sha256: str | None, config_
 
 
 def state_location(out: Location) -> Location:
-    """``<parent>/.footprints-state/<name>`` for the output folder ``out``."""
+    """``<parent>/.footprints-state/<name>`` for the output folder ``out``.
+
+    For a local ``out`` whose parent does not let that folder be created (read-only, or a
+    file in the way), :func:`fallback_state_location`, once it is writable or exists.
+    """
     parent, _, name = out.path.rstrip("/").rpartition("/")
-    return Location(out.scheme, f"{parent}/{STATE_DIR}/{name}")
+    beside = Location(out.scheme, f"{parent}/{STATE_DIR}/{name}")
+    if not out.is_local or _can_create(Path(beside.path)):
+        return beside
+    fallback = fallback_state_location(out)
+    return fallback if _can_create(Path(fallback.path)) else beside
+
+
+def fallback_state_location(out: Location) -> Location:
+    """``$XDG_STATE_HOME/footprints/<name>-<hash of OUTDIR>`` (``~/.local/state`` by default)."""
+    home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    digest = hashlib.sha256(out.path.encode()).hexdigest()[:12]
+    return Location("file", os.path.join(os.path.abspath(home), "footprints", f"{out.name}-{digest}"))
+
+
+def _can_create(folder: Path) -> bool:
+    """Whether ``folder`` is, or can become, a writable folder: its nearest existing
+    ancestor is a folder this process may write (``os.access``: also false on a
+    read-only file system)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
 #: What :meth:`TileCache.load` returns for a tile that was all nodata (never inferred).
@@ -188,5 +219,21 @@ class SceneState:
 
     def flush(self) -> None:
         self.manifest["tiles_done"] = sorted(self._done)
-        write_json(self.location.child(MANIFEST), self.manifest)
+        try:
+            write_json(self.location.child(MANIFEST), self.manifest)
+        except OutputError as exc:
+            raise OutputError(
+                f"{self.location.url}: cannot write the restart state ({os_reason(exc)}); make that folder "
+                "(or $XDG_STATE_HOME) writable, or set `restart.enabled: false` in the config to run "
+                "without restarts"
+            ) from exc
         self._last_flush = time.monotonic()
+
+    def discard_if_unused(self, *, drop: bool = False) -> None:
+        """Remove the state of a first attempt that failed before finishing a tile (any, with ``drop``)."""
+        first = self.manifest.get("attempts", 0) <= 1 and not self._done and not self.complete
+        if drop or first:
+            remove_tree(self.location)
+            if self.location.is_local:
+                with contextlib.suppress(OSError):
+                    Path(self.location.path).parent.rmdir()  # only when no other scene's state is there

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,28 @@ import numpy as np
 
 from pipeline.config import PipelineConfig, default_checkpoint, outline_options
 from pipeline.dispatch import BatchResult, active_client, connect, run_batches
+from pipeline.errors import Interrupted, NoDataError
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid, lattice_step
 from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
-from pipeline.outdir import DATA_NAMES, changed_outputs, claim, fingerprint, owner, publish_outputs
+from pipeline.outdir import DATA_NAMES, fingerprint, publish_outputs
+from pipeline.preflight import check_free_space, estimate_bytes, write_errors
 from pipeline.read import RasterInfo, open_raster
 from pipeline.record import run_record
 from pipeline.regions import SeedSink
-from pipeline.restart import SceneState, config_digest, run_key
+from pipeline.restart import SceneState
 from pipeline.stitch import RowSink, Stitcher, TeeSink
-from pipeline.storage import (
-    Location,
-    gdal_path,
-    inspect_input,
-    parse_location,
-    read_json,
-    write_json,
-)
+from pipeline.storage import gdal_path, write_json
+from pipeline.target import SceneTarget, display, finished_record, open_state, scene_id
 from pipeline.vectorize import Buildings, vectorize_scene
-from pipeline.write import CogSink, staging_dir, write_vector
+from pipeline.write import CogSink, write_vector
+
+__all__ = [
+    "ModelChoice", "ScenePlan", "SceneResult", "SceneTarget", "StageTimer", "StitchStats", "check_room",
+    "choose_model",
+    "finished_record", "infer_and_stitch", "open_state", "plan_for", "plan_scene", "publish_scene",
+    "segment_scene", "vectorize_stage", "write_vectors_stage",
+]  # fmt: skip
 
 ProgressFn = Callable[[int, int], None]
 
@@ -88,69 +90,6 @@ class StitchStats:
     batches: int
     peak_rows: int
     tiles_reused: int = 0
-
-
-def scene_id(path: str) -> str:
-    return Path(path.rstrip("/")).stem
-
-
-@dataclass(frozen=True)
-class SceneTarget:
-    """Where one scene comes from and goes to, with the identity of its input's content."""
-
-    input: Location
-    out: Location
-    input_identity: dict[str, Any]
-    input_modified: str
-
-    @classmethod
-    def resolve(cls, *, input_url: str, out_url: str | os.PathLike[str]) -> SceneTarget:
-        src = parse_location(input_url)
-        ident, modified = inspect_input(src)
-        return cls(input=src, out=parse_location(out_url), input_identity=ident, input_modified=modified)
-
-    def claim(self, config: PipelineConfig, *, force: bool = False) -> AbstractContextManager[None]:
-        """Hold OUTDIR for this run: never the input, one run at a time, only our outputs
-        replaced unless ``force`` (see :mod:`pipeline.outdir`)."""
-        mine = owner(scene=self.input.url, config_sha256=config_digest(config))
-        return claim(source=self.input, out=self.out, mine=mine, force=force)
-
-    def staging(self) -> AbstractContextManager[Path]:
-        """Scratch space: hidden inside a local OUTDIR, a local temporary folder otherwise."""
-        return staging_dir(self.out.path if self.out.is_local else None)
-
-
-def open_state(
-    *, target: SceneTarget, model: ModelChoice, config: PipelineConfig, force: bool = False
-) -> SceneState | None:
-    """The scene's restart manifest (None when ``restart.enabled`` is off)."""
-    if not config.restart.enabled:
-        return None
-    model_sha, config_sha = model.description.get("sha256"), config_digest(config)
-    key = run_key(input_identity=target.input_identity, model_sha256=model_sha, config_sha256=config_sha)
-    describe = {
-        "input": {"url": target.input.url, **target.input_identity}, "output": target.out.url,
-        "model_sha256": model_sha, "config_sha256": config_sha,
-    }  # fmt: skip
-    return SceneState.open(out=target.out, key=key, describe=describe, force=force)
-
-
-def finished_record(*, state: SceneState | None, target: SceneTarget) -> dict[str, Any] | None:
-    """The published ``run.json`` when this exact run (same key) already completed and
-    its five outputs are still what was published (else the scene is published again)."""
-    if state is None or not state.complete:
-        return None
-    if changed := changed_outputs(target.out, state.manifest.get("checksums") or {}):
-        warnings.warn(
-            f"{target.out.url}: {', '.join(changed)} missing or changed since the scene was "
-            "published; publishing it again",
-            stacklevel=2,
-        )
-        return None
-    record = read_json(target.out.child("run.json"))
-    if record is None or record.get("run_key") != state.key:
-        return None
-    return record
 
 
 def plan_scene(
@@ -303,6 +242,8 @@ def infer_and_stitch(
                 cache=state.cache if state is not None else None,
                 reuse=state.finished_tiles if state is not None else frozenset(),
             )  # fmt: skip
+        if feed.counts["skipped"] == len(grid):
+            raise _no_data(plan.info)
         sink.finish()
         if seeds is not None:
             sc = config.split
@@ -311,6 +252,10 @@ def infer_and_stitch(
                 min_seed_px=max(1, math.ceil(sc.min_seed_m2 / plan.gsd_m**2)),
                 grow_px=math.ceil(sc.grow_m / plan.gsd_m),
             )
+    except KeyboardInterrupt:
+        if state is not None:
+            state.flush()  # the tiles finished so far, for the rerun
+        raise
     finally:
         sink.close()
         if seeds is not None:
@@ -319,6 +264,14 @@ def infer_and_stitch(
         state.record_stage("infer_stitch")
     n = feed.counts
     return StitchStats(len(grid), n["inferred"], n["skipped"], n_batches, stitcher.peak_rows, n["reused"])
+
+
+def _no_data(info: RasterInfo) -> NoDataError:
+    declared = "its mask" if info.nodata is None else f"nodata value {info.nodata:g}"
+    return NoDataError(
+        f"{info.path}: every pixel is nodata ({declared}, or not finite), so there are no buildings to "
+        "find; check the scene, or set input.nodata in the config if that value is real data"
+    )
 
 
 def splits(model: ModelChoice, config: PipelineConfig) -> bool:
@@ -428,34 +381,67 @@ def segment_scene(
     progress: ProgressFn | None = None,
     client: Any | None = None,
     force: bool = False,
+    on_plan: Callable[[ScenePlan], None] | None = None,
 ) -> SceneResult:
     """Run the whole job for one scene and publish the five outputs into ``out_dir``.
 
     ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
     A rerun resumes from the tiles a crashed attempt finished, and a scene already
     published under the same input, model and config is not run again (unless ``force``).
+    ``on_plan`` sees the plan before any tile is dispatched. Ctrl-C raises
+    :class:`~pipeline.errors.Interrupted` with the number of finished tiles kept.
     """
     timer = StageTimer()
     with timer.stage("plan"):
         model = choose_model(model_path=model_path, config=config)
         target = SceneTarget.resolve(input_url=input_path, out_url=out_dir)
     with target.claim(config, force=force):
-        return _run_claimed(
-            input_path=input_path, target=target, model=model, config=config, timer=timer,
-            progress=progress, client=client, force=force,
-        )  # fmt: skip
+        with timer.stage("plan"):
+            state = open_state(target=target, model=model, config=config, force=force)
+            if (done := finished_record(state=state, target=target)) is not None:
+                return SceneResult(out_dir=display(target.out), record=done, skipped=True)
+            plan = plan_for(model, input_path=input_path, config=config)
+        if on_plan is not None:
+            on_plan(plan)
+        try:
+            record = _run_planned(
+                plan=plan, target=target, model=model, config=config, timer=timer, progress=progress,
+                client=client, state=state,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            raise Interrupted(state.tiles_done if state is not None else 0) from None
+        except BaseException as exc:
+            if state is not None:
+                state.discard_if_unused(drop=isinstance(exc, NoDataError))
+            raise
+    return SceneResult(out_dir=display(target.out), record=record)
 
 
-def _run_claimed(
-    *, input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
-    progress: ProgressFn | None, client: Any | None, force: bool,
-) -> SceneResult:  # fmt: skip
-    with timer.stage("plan"):
-        state = open_state(target=target, model=model, config=config, force=force)
-        if (done := finished_record(state=state, target=target)) is not None:
-            return SceneResult(out_dir=_display(target.out), record=done, skipped=True)
-        plan = plan_for(model, input_path=input_path, config=config)
-    with target.staging() as work:
+def check_room(
+    *,
+    plan: ScenePlan,
+    target: SceneTarget,
+    model: ModelChoice,
+    config: PipelineConfig,
+    state: SceneState | None,
+) -> int:
+    """Refuse to start when the disk the run writes to lacks the space it needs; that estimate."""
+    needed = estimate_bytes(
+        height=plan.info.height, width=plan.info.width, channels=2 if splits(model, config) else 1,
+        cached=state is not None and target.out.is_local,
+    )  # fmt: skip
+    check_free_space(out=target.out.url, local=target.out.is_local, needed=needed)
+    return needed
+
+
+def _run_planned(
+    *, plan: ScenePlan, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
+    progress: ProgressFn | None, client: Any | None, state: SceneState | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Check the free space, then infer, vectorize and publish in the staging folder."""
+    out, local = target.out.url, target.out.is_local
+    needed = check_room(plan=plan, target=target, model=model, config=config, state=state)
+    with write_errors(out=out, local=local, needed=needed), target.staging() as work:
         with timer.stage("infer_stitch"):
             stats = infer_and_stitch(
                 plan=plan, model=model, config=config, workdir=work, progress=progress, client=client,
@@ -467,12 +453,7 @@ def _run_claimed(
             write_vectors_stage(
                 buildings=buildings, plan=plan, model=model, workdir=work, timestamp=target.input_modified
             )
-        record = publish_scene(
+        return publish_scene(
             plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
             seconds=timer.seconds, workdir=work, target=target, state=state,
         )  # fmt: skip
-    return SceneResult(out_dir=_display(target.out), record=record)
-
-
-def _display(location: Location) -> Path | str:
-    return Path(location.path) if location.is_local else location.url

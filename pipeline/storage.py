@@ -91,10 +91,32 @@ def parse_location(url: str | os.PathLike[str]) -> Location:
                 f"{redact(text)}: credentials in the URL are not accepted; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) instead"
             )
-        return Location("s3", f"{parts.netloc}/{parts.path.lstrip('/')}".rstrip("/"))
+        return Location("s3", f"{parts.netloc}/{_s3_key(text, parts.path)}".rstrip("/"))
     raise StorageError(
         f"{text}: unsupported URL scheme '{parts.scheme}://'; use a local path, file:// or s3://"
     )
+
+
+def _s3_key(url: str, path: str) -> str:
+    """The object key of ``path`` with ``.`` and ``..`` segments resolved (as a file path would be).
+
+    S3 keys are literal strings: ``s3://b/out/../x`` would otherwise be written under a key
+    that contains ``..``. A key that climbs above the bucket is refused.
+    """
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                raise StorageError(
+                    f"{redact(url)}: the key climbs above the bucket with '..'; "
+                    "write the key without '..', e.g. s3://BUCKET/PREFIX"
+                )
+            parts.pop()
+            continue
+        parts.append(segment)
+    return "/".join(parts)
 
 
 def gdal_path(url: str | os.PathLike[str]) -> str:
@@ -260,7 +282,7 @@ def read_json(location: Location) -> dict[str, Any] | None:
     try:
         with fs.open(location.path, "rb") as f:
             data = json.loads(f.read())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file where a folder would be)
         return None
     except json.JSONDecodeError:
         return None  # a manifest is only ever replaced whole; garbage means someone else wrote it
@@ -323,7 +345,7 @@ def read_bytes(location: Location) -> bytes | None:
     fs = filesystem(location)
     try:
         data: bytes = fs.cat_file(location.path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except Exception as exc:
         raise _storage_error(location, "read", exc) from exc

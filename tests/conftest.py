@@ -72,6 +72,15 @@ def make_tif(tmp_path: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """One shared Dask cluster (worker processes) for a module's CLI runs, which find it as active."""
+    from pipeline.dispatch import shared_client
+
+    with shared_client(scheduler=None, n_workers=1):
+        yield
+
+
+@pytest.fixture(scope="module")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Prefect's test harness (a temporary server) with its home in a temporary folder."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -22,21 +22,11 @@ from pipeline.errors import FootprintsError, OutputBusyError, OutputConflictErro
 from pipeline.outdir import LOCK_NAME, OUTPUT_NAMES, OutDirLock, check_owner, owner
 from pipeline.restart import MANIFEST, state_location
 from pipeline.storage import parse_location
+from tests.clitools import error_line, listing, publish_fake, write_lock
 from tests.conftest import coordinate_image, write_tif
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-def _error_line(output: str) -> str:
-    lines = [ln for ln in output.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, output
-    assert "Traceback" not in output
-    return lines[0]
-
-
-def _listing(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_new_errors_are_footprints_errors_and_survive_pickling() -> None:
@@ -50,13 +40,6 @@ def test_new_errors_are_footprints_errors_and_survive_pickling() -> None:
 # --- the lock -------------------------------------------------------------------------
 
 
-def _write_lock(out: Path, **holder: Any) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LOCK_NAME
-    path.write_text(json.dumps({"host": socket.gethostname(), "started": "2026-01-01T00:00:00Z", **holder}))
-    return path
-
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -64,7 +47,7 @@ def _dead_pid() -> int:
 
 
 def test_a_live_lock_refuses_a_second_run(tmp_path: Path) -> None:
-    path = _write_lock(tmp_path / "out", pid=os.getpid(), token="t")
+    path = write_lock(tmp_path / "out", pid=os.getpid(), token="t")
     with pytest.raises(OutputBusyError) as e:
         OutDirLock.acquire(tmp_path / "out")
     message = str(e.value)
@@ -74,14 +57,14 @@ def test_a_live_lock_refuses_a_second_run(tmp_path: Path) -> None:
 
 
 def test_a_lock_held_on_another_host_is_never_taken_over(tmp_path: Path) -> None:
-    _write_lock(tmp_path / "out", pid=_dead_pid(), host="elsewhere.example")
+    write_lock(tmp_path / "out", pid=_dead_pid(), host="elsewhere.example")
     with pytest.raises(OutputBusyError, match=r"on elsewhere\.example"):
         OutDirLock.acquire(tmp_path / "out")
 
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    path = _write_lock(out, pid=_dead_pid(), token="old")
+    path = write_lock(out, pid=_dead_pid(), token="old")
     lock = OutDirLock.acquire(out)
     held = json.loads(path.read_text())
     assert held["pid"] == os.getpid() and held["host"] == socket.gethostname() and held["token"] == lock.token
@@ -142,7 +125,7 @@ def test_a_concurrent_process_holds_the_lock_until_it_dies(
     src = make_tif(coordinate_image(64, 64))
     result = runner.invoke(app, ["segment", str(src), "--out", str(out)])
     assert result.exit_code == 2, result.output
-    line = _error_line(result.output)
+    line = error_line(result.output)
     assert str(out / LOCK_NAME) in line and f"PID {proc.pid} on {socket.gethostname()}" in line
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
     proc.kill()  # kill -9: the lock stays behind, stale
@@ -155,19 +138,11 @@ def test_a_concurrent_process_holds_the_lock_until_it_dies(
 # --- who owns OUTDIR ------------------------------------------------------------------
 
 
-def _publish_fake(out: Path, *, scene: str, config_sha256: str = "c") -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUT_NAMES[:4]:
-        (out / name).write_bytes(name.encode())
-    record = {"owner": owner(scene=scene, config_sha256=config_sha256), "input": {"url": scene}}
-    (out / "run.json").write_text(json.dumps(record))
-
-
 def test_owner_check(tmp_path: Path) -> None:
     out = tmp_path / "out"
     loc = parse_location(str(out))
     check_owner(loc, owner(scene="/a.tif", config_sha256="c"))  # nothing there yet
-    _publish_fake(out, scene="/a.tif")
+    publish_fake(out, scene="/a.tif")
     check_owner(loc, owner(scene="/a.tif", config_sha256="c"))  # ours
     with pytest.raises(OutputConflictError) as e:
         check_owner(loc, owner(scene="/b.tif", config_sha256="c"))
@@ -199,15 +174,6 @@ def test_a_half_published_outdir_belongs_to_its_restart_manifest(tmp_path: Path)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    """One shared Dask cluster for the CLI runs of this module (they find it as active)."""
-    from pipeline.dispatch import shared_client
-
-    with shared_client(scheduler=None, n_workers=1):
-        yield
-
-
-@pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "small.yaml"
     path.write_text("tiling: {tile_size: 256, overlap: 32, batch_size: 2}\nvectorize: {min_area_m2: 0}\n")
@@ -222,13 +188,13 @@ def test_the_input_is_never_overwritten(tmp_path: Path, config: Path, cluster: N
     out = tmp_path / "out"
     out.mkdir()
     src = write_tif(out / "probability.tif", coordinate_image(64, 64))
-    before = _listing(out)
+    before = listing(out)
     for extra in ((), ("--force",)):
         result = _segment(src, out, config, *extra)
         assert result.exit_code == 2, result.output
-        line = _error_line(result.output)
+        line = error_line(result.output)
         assert str(src) in line and "would be overwritten" in line and "another --out" in line
-        assert _listing(out) == before and sorted(p.name for p in out.iterdir()) == ["probability.tif"]
+        assert listing(out) == before and sorted(p.name for p in out.iterdir()) == ["probability.tif"]
 
 
 def test_another_scenes_outputs_are_kept_unless_forced(tmp_path: Path, config: Path, cluster: None) -> None:
@@ -236,12 +202,12 @@ def test_another_scenes_outputs_are_kept_unless_forced(tmp_path: Path, config: P
     b = write_tif(tmp_path / "b.tif", coordinate_image(200, 220))
     out = tmp_path / "out"
     assert _segment(a, out, config).exit_code == 0
-    published = _listing(out)
+    published = listing(out)
     result = _segment(b, out, config)
     assert result.exit_code == 2, result.output
-    line = _error_line(result.output)
+    line = error_line(result.output)
     assert str(out) in line and str(a) in line and "--force" in line and "another --out" in line
-    assert _listing(out) == published and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
+    assert listing(out) == published and sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
     forced = _segment(b, out, config, "--force")
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "run.json").read_text())["owner"]["scene"] == str(b)
@@ -256,7 +222,7 @@ def test_files_footprints_did_not_write_are_kept_unless_forced(
     out.mkdir()
     (out / "mask.tif").write_bytes(b"the user's own mask")
     result = _segment(src, out, config)
-    assert result.exit_code == 2 and "mask.tif" in _error_line(result.output)
+    assert result.exit_code == 2 and "mask.tif" in error_line(result.output)
     assert (out / "mask.tif").read_bytes() == b"the user's own mask"
 
 
@@ -270,7 +236,7 @@ def test_a_missing_or_changed_output_is_published_again(
     record = json.loads((out / "run.json").read_text())
     assert set(record["checksums"]) == set(OUTPUT_NAMES[:4])
     assert all(len(c["sha256"]) == 64 for c in record["checksums"].values())
-    reference = _listing(out)
+    reference = listing(out)
     for name in ("mask.tif", "buildings.geojson", "run.json"):
         if damage == "delete":
             (out / name).unlink()
@@ -280,7 +246,7 @@ def test_a_missing_or_changed_output_is_published_again(
         assert result.exit_code == 0, result.output
         assert "up to date" not in result.output and "buildings from" in result.output
         assert f"warning: {out}: {name} missing or changed since the scene was published" in result.output
-        restored = _listing(out)
+        restored = listing(out)
         assert set(restored) == set(OUTPUT_NAMES)
         data = [n for n in OUTPUT_NAMES if n != "run.json"]
         assert {n: restored[n] for n in data} == {n: reference[n] for n in data}  # byte-identical

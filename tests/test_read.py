@@ -207,3 +207,27 @@ def test_windowed_reads_only(make_tif: Any, monkeypatch: Any) -> None:
     for tile in TileGrid(height=500, width=500, tile_size=128, overlap=16):
         read_tile(info, tile)
     assert seen and all(isinstance(w, Window) and w.height <= 128 and w.width <= 128 for w in seen)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 30.0, 90.0, 145.0])
+def test_a_rotated_grid_has_the_size_of_its_pixels(make_tif: Any, degrees: float) -> None:
+    """Not |a| x |e| of the transform, which is off by cos(theta) once the grid is rotated."""
+    from affine import Affine
+
+    from pipeline.geo import pixel_size_m
+
+    transform = Affine.translation(600000.0, 3300000.0) * Affine.rotation(degrees) * Affine.scale(0.5, -0.5)
+    info = open_raster(make_tif(coordinate_image(32, 32), transform=transform))
+    assert pixel_size_m(info.crs, tuple(info.transform), info.bounds) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_a_sheared_grid_is_refused(make_tif: Any) -> None:
+    from affine import Affine
+
+    from pipeline.errors import GeoreferenceError
+
+    path = make_tif(coordinate_image(32, 32), transform=Affine(0.5, 0.05, 600000.0, 0.0, -0.5, 3300000.0))
+    with pytest.raises(GeoreferenceError) as e:
+        open_raster(path)
+    assert_one_line(e.value, path)
+    assert isinstance(e.value, ValueError) and "gdalwarp" in str(e.value)

@@ -221,3 +221,22 @@ def test_workers_read_the_cache_only_for_batches_recorded_as_finished(tmp_path: 
     reused = predict_batch(info, tiles, Box3x3Source(), cache=cache, from_cache=True)
     assert all(r.reused for r in reused.results)
     assert np.array_equal(reused.results[0].probability, stale)
+
+
+def test_state_falls_back_to_xdg_state_home_where_its_folder_cannot_be_made(
+    scene: Path, tmp_path: Path, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only parent of OUTDIR (here: a file where the state folder goes, which stops root too)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / ".footprints-state").write_text("in the way")
+    out = tmp_path / "ro" / "scene"
+    where = state_location(parse_location(str(out)))
+    assert Path(where.path).parent == tmp_path / "xdg" / "footprints" and where.name.startswith("scene-")
+    config = load_config(**{**CONFIG, "tiling.tile_size": 256})
+    first = segment_scene(input_path=str(scene), out_dir=out, config=config, client=client)
+    assert json.loads((Path(where.path) / MANIFEST).read_text())["status"] == "complete"
+    assert segment_scene(input_path=str(scene), out_dir=out, config=config, client=client).skipped
+    assert first.record["run_key"]
+    other = state_location(parse_location(str(tmp_path / "rw" / "scene")))
+    assert other.path == str(tmp_path / "rw" / ".footprints-state" / "scene")  # beside, where it can be

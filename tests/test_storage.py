@@ -34,6 +34,7 @@ from pipeline.storage import (
         ("s3://bucket/scenes/a.tif", "s3", "bucket/scenes/a.tif"),
         ("s3://bucket/scenes/", "s3", "bucket/scenes"),
         ("s3://bucket", "s3", "bucket"),
+        ("s3://bucket/runs/../out/./a//b/", "s3", "bucket/out/a/b"),
         ("file:///data/a.tif", "file", "/data/a.tif"),
         ("/data/a.tif", "file", "/data/a.tif"),
     ],
@@ -62,7 +63,8 @@ def test_locations_compose_and_map_to_gdal_paths() -> None:
 @pytest.mark.parametrize(
     ("url", "needle"),
     [("gs://bucket/x.tif", "unsupported URL scheme"), ("s3:///x.tif", "no bucket"),
-     ("s3://AKIA:secret@bucket/x.tif", "credentials in the URL")],
+     ("s3://AKIA:secret@bucket/x.tif", "credentials in the URL"),
+     ("s3://bucket/a/../../x.tif", "climbs above the bucket")],
 )  # fmt: skip
 def test_bad_urls_are_rejected_clearly(url: str, needle: str) -> None:
     with pytest.raises(StorageError, match=needle) as info:

@@ -1,0 +1,89 @@
+"""``footprints`` with one fault injected, for the fault tests of tests/test_faults.py.
+
+    python -m tests.faultrun FAULT segment INPUT --out OUTDIR ...
+
+FAULT is one of:
+
+- ``kill-after-batch:N``: SIGKILL this process once N batches were stitched;
+- ``kill-at-vectorize``: SIGKILL it when the vectorize stage starts;
+- ``kill-after-upload:N``: SIGKILL it once N of the five outputs were published;
+- ``kill-worker:N,M``: SIGKILL the Dask worker that ran batch N, later the one that ran batch M;
+- ``sigint-after-batch:N``: SIGINT to the whole process group after N batches (as Ctrl-C does);
+- ``pause-after-batch:N:FILE``: after N batches, create FILE.ready and wait until FILE exists.
+
+Each hook wraps a function that :mod:`pipeline.scene` or :mod:`pipeline.outdir` looks up at
+call time, so the run is the real one up to the fault.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pipeline.outdir
+import pipeline.scene
+
+
+def _after_batches(action: Any) -> None:
+    """Call ``action(batch_number, batch)`` after each stitched batch."""
+    feeder = pipeline.scene._BatchFeeder
+    original = feeder.__call__
+    count = {"n": 0}
+
+    def call(self: Any, batch: Any) -> None:
+        original(self, batch)
+        count["n"] += 1
+        action(count["n"], batch)
+
+    feeder.__call__ = call  # type: ignore[method-assign]
+
+
+def _kill_self() -> None:
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(fault: str) -> None:
+    kind, _, arg = fault.partition(":")
+    if kind == "kill-after-batch":
+        _after_batches(lambda n, _: _kill_self() if n == int(arg) else None)
+    elif kind == "kill-at-vectorize":
+        pipeline.scene.vectorize_stage = lambda **_: _kill_self()  # type: ignore[assignment,misc]
+    elif kind == "kill-after-upload":
+        upload, done = pipeline.outdir.upload, {"n": 0}
+
+        def counted(local: Path, target: Any) -> None:
+            upload(local, target)
+            done["n"] += 1
+            if done["n"] == int(arg):
+                _kill_self()
+
+        pipeline.outdir.upload = counted
+    elif kind == "kill-worker":
+        victims = {int(n) for n in arg.split(",")}
+        _after_batches(lambda n, batch: os.kill(batch.worker_pid, signal.SIGKILL) if n in victims else None)
+    elif kind == "sigint-after-batch":
+        _after_batches(lambda n, _: os.killpg(os.getpgid(0), signal.SIGINT) if n == int(arg) else None)
+    elif kind == "pause-after-batch":
+        number, _, flag = arg.partition(":")
+        _after_batches(lambda n, _: _pause(Path(flag)) if n == int(number) else None)
+    elif kind != "none":
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+def _pause(flag: Path) -> None:
+    flag.with_name(flag.name + ".ready").touch()
+    while not flag.exists():
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    sys.argv = ["footprints", *sys.argv[2:]]
+    from pipeline.cli import main
+
+    main()
