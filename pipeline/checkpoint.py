@@ -39,7 +39,14 @@ from torch import Tensor
 
 from pipeline.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
 from pipeline.errors import CheckpointError, ConfigError, ModelError
-from pipeline.files import METADATA_KEY, file_sha256, read_checkpoint_metadata, tensor_shapes
+from pipeline.files import (
+    METADATA_KEY,
+    TENSORS_KEY,
+    file_sha256,
+    read_checkpoint_metadata,
+    tensor_digest,
+    tensor_shapes,
+)
 from pipeline.model import DeepLabV3, ModelSpec, build_model
 from pipeline.storage import FILE_MODE
 
@@ -158,7 +165,7 @@ def _spec_json(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _header_json(spec: ModelSpec, metadata: CheckpointMetadata) -> str:
+def _header_json(spec: ModelSpec, metadata: CheckpointMetadata, digest: str) -> str:
     if len(metadata.bands) != spec.in_channels:
         raise ConfigError(
             f"checkpoint metadata: {len(metadata.bands)} bands {list(metadata.bands)} but the "
@@ -167,7 +174,7 @@ def _header_json(spec: ModelSpec, metadata: CheckpointMetadata) -> str:
     if metadata.created is None:
         now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         metadata = dataclasses.replace(metadata, created=now)
-    record = _spec_json(spec) | metadata.to_json_dict()
+    record = _spec_json(spec) | metadata.to_json_dict() | {TENSORS_KEY: digest}
     try:
         return json.dumps(record, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -217,10 +224,10 @@ def save_checkpoint(
             f"{target}: spec {spec} does not describe the model (built from {model.spec}); "
             "pass the ModelSpec the model was built with"
         )
-    header = _header_json(spec, metadata)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    header = _header_json(spec, metadata, tensor_digest(_shapes(tensors)))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(target, tensors, header)

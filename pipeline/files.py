@@ -80,3 +80,23 @@ def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(
             f"{source}: not a readable safetensors file ({exc}); pass a checkpoint written by save_checkpoint"
         ) from exc
+
+
+TENSORS_KEY = "tensors_sha256"
+"""Header key: :func:`tensor_digest` of the file's tensors, written by ``save_checkpoint``."""
+
+
+def tensor_digest(shapes: dict[str, tuple[int, ...]]) -> str:
+    """SHA-256 of the tensor names and shapes (not the values, not the dtypes)."""
+    listing = sorted((name, [int(n) for n in shape]) for name, shape in shapes.items())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def tensors_match_header(path: str | os.PathLike[str], metadata: dict[str, Any]) -> bool | None:
+    """Whether the file's tensors are the ones its header was written with; None for headers
+    written before the digest existed. Torch-free: the client checks a checkpoint with it, so a
+    foreign file with a copied header fails before any worker starts."""
+    recorded = metadata.get(TENSORS_KEY)
+    if recorded is None:
+        return None
+    return bool(recorded == tensor_digest(tensor_shapes(path)))

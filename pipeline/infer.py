@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import ConfigError
-from pipeline.files import file_sha256, read_checkpoint_metadata
+from pipeline.errors import CheckpointError, ConfigError
+from pipeline.files import file_sha256, read_checkpoint_metadata, tensors_match_header
 
 if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
     import torch
@@ -198,10 +198,17 @@ class CheckpointSource:
     def describe(self) -> dict[str, Any]:
         """What the run records of the checkpoint, once its header and tensors were checked here
         (on the client: a bad checkpoint fails before any worker starts)."""
-        from pipeline.checkpoint import check_checkpoint
-
-        check_checkpoint(self.path)
         meta = read_checkpoint_metadata(self.path)
+        match = tensors_match_header(self.path, meta)
+        if match is False:
+            raise CheckpointError(
+                f"{self.path}: its tensors are not the ones its header was written with (a header "
+                "copied onto other weights?); re-save the checkpoint with save_checkpoint"
+            )
+        if match is None:  # written before the digest: check the shapes against a meta-device model
+            from pipeline.checkpoint import check_checkpoint
+
+            check_checkpoint(self.path)
         return {
             "id": Path(self.path).stem,
             "sha256": file_sha256(self.path),

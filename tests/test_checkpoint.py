@@ -274,3 +274,29 @@ def test_variant_script_runs_the_same_weights_at_output_stride_8(saved: Path, tm
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     same = subprocess.run([sys.executable, "scripts/checkpoint_variant.py", str(out), str(out)], cwd=repo)
     assert same.returncode != 0
+
+
+def test_client_checks_tensors_against_the_header_digest_without_torch(
+    model: DeepLabV3, saved: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    header = read_checkpoint_metadata(saved)
+    assert len(header["tensors_sha256"]) == 64
+    # a foreign file with the header copied onto other tensors
+    foreign = tmp_path / "foreign.safetensors"
+    tensors = {"encoder.x": torch.zeros(3, 4)}
+    safetensors.torch.save_file(tensors, str(foreign), metadata={METADATA_KEY: json.dumps(header)})
+    code = (
+        "import sys\nfrom pipeline.infer import CheckpointSource\n"
+        "from pipeline.errors import CheckpointError\n"
+        f"CheckpointSource({str(saved)!r}).describe()\n"
+        "assert 'torch' not in sys.modules, 'describe imported torch'\n"
+        f"try:\n    CheckpointSource({str(foreign)!r}).describe()\nexcept CheckpointError as e:\n"
+        "    print(e)\nelse:\n    sys.exit('foreign checkpoint accepted')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "not the ones its header was written with" in done.stdout
