@@ -1,4 +1,5 @@
-"""Training data: the DATASET.yaml schema, loading and targets (sampling: :mod:`pipeline.sampling`).
+"""Training data: reading the files a DATASET.yaml lists (schema, scenes and targets:
+:mod:`pipeline.dataspec`; chip sets: :mod:`pipeline.chips`; sampling: :mod:`pipeline.sampling`).
 
 DATASET.yaml
 ============
@@ -34,12 +35,21 @@ DATASET.yaml
         items:                     # vector labels: reprojected to the image CRS, rasterized on its grid
           - {image: open_ai_tanzania/images/tanzania_sample.tif,
              label: open_ai_tanzania/labels/tanzania_sample.geojson}
+      oam:
+        weight_by_area: true       # draw scenes in proportion to their valid area, not uniformly
+        items:                     # web-map chips: one scene per group of touching chips
+          - {image: "hotosm_fair_utilities/data/1/OAM-*-19.png", mosaic: true, georef: xyz,
+             label: hotosm_fair_utilities/data/1/labels.geojson}  # or "{stem}.geojson" per chip
 
 Quote paths that contain ``{``, ``}``, ``*`` or ``[`` (YAML syntax). Source keys: ``weight``,
 ``gsd_m``, ``label_color``, ``ignore_colors``, ``building_values`` (mask values that mean building;
 default any value > 0), ``ignore_values``, ``black_is_nodata``, ``items``. Item keys: ``image``,
 ``label``, ``split`` (``train`` default, or ``val``), ``gsd_m``, ``weight`` (relative to the other
-scenes of its source, default 1), ``black_is_nodata`` (overrides the source's).
+scenes of its source, default 1), ``black_is_nodata`` (overrides the source's), ``mosaic`` (the
+glob's chips that touch become one scene per group; labels must be vector files, one for the
+region or one per chip) and ``georef`` (``file``, or ``xyz``: the grid of a web-map chip named
+``...-X-Y-Z`` in EPSG:3857). Source key ``weight_by_area`` draws a source's scenes in proportion to
+their valid area.
 
 Rules
 -----
