@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
 from pipeline.outdir import OUTPUT_NAMES
+from pipeline.record import utc_now
 from pipeline.restart import SceneState
 from pipeline.scene import (
     ModelChoice,
@@ -109,17 +110,17 @@ def segment_scene_flow(
     """
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     config = load_config(config_path, **{"dask.scheduler": scheduler})
-    timer = StageTimer()
+    timer, started = StageTimer(), utc_now()
     with timer.stage("plan"):
         model = model_task(model_path, config)
         target = resolve_task(input_path, out_dir)
     with target.claim(config, force=force):  # the input, OUTDIR's lock and its owner
-        return _run_claimed(input_path, target, model, config, timer, force)
+        return _run_claimed(input_path, target, model, config, timer, force, started)
 
 
 def _run_claimed(
     input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
-    force: bool,
+    force: bool, started: str,
 ) -> dict[str, Any]:  # fmt: skip
     logger = get_run_logger()
     out_dir = target.out.url
@@ -144,8 +145,8 @@ def _run_claimed(
         with timer.stage("write_vectors"):
             write_task(buildings, plan, model, work, target.input_modified)
         record = publish_task(
-            plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
-            seconds=timer.seconds, workdir=work, target=target, state=state,
+            plan=plan, model=model, config=config, stats=stats, buildings=buildings,
+            seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
         )  # fmt: skip
     logger.info("wrote %s to %s", ", ".join(OUTPUT_NAMES), redact(out_dir))
     return record
