@@ -45,8 +45,8 @@ class View:
 
     def to_picture(self, transform: Affine) -> Affine:
         """Scene CRS -> picture pixel coordinates."""
-        window = transform * Affine.translation(self.col_off, self.row_off)
-        inverse: Affine = ~(window * Affine.scale(self.cols / self.width, self.rows / self.height))
+        window = transform @ Affine.translation(self.col_off, self.row_off)
+        inverse: Affine = ~(window @ Affine.scale(self.cols / self.width, self.rows / self.height))
         return inverse
 
 
@@ -62,7 +62,7 @@ def crop_view(height: int, width: int, *, transform: Affine, buildings: Building
     if len(buildings):
         centres = shapely.centroid(buildings.geometry)
         x, y = shapely.get_x(centres), shapely.get_y(centres)
-        c, r = ~transform * (x, y)
+        c, r = ~transform @ (x, y)
         bins = (max(1, math.ceil(height / (rows / 2))), max(1, math.ceil(width / (cols / 2))))
         counts, r_edges, c_edges = np.histogram2d(r, c, bins=bins, range=((0, height), (0, width)))
         i, j = np.unravel_index(int(np.argmax(counts)), counts.shape)

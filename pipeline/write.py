@@ -128,6 +128,9 @@ class CogSink:
             "compress": "deflate",
             "nodata": nodata,
             "BIGTIFF": "IF_SAFER",
+            # GDAL 3.10's threaded compression of a multi-band file with an internal mask races
+            # ("Bad value 1 for ExtraSamples tag" now and then): compress those in one thread
+            **({"NUM_THREADS": "1"} if count > 1 else {}),
         }
 
     def __post_init__(self) -> None:
