@@ -202,10 +202,10 @@ def model_stac(
                 raise FootprintsError(
                     f"{target}: out of date with {path}; run `footprints model-stac {path}`"
                 )
-            err.print(f"{target} is up to date with {path}", highlight=False)
+            err.print(f"{target} is up to date with {path}", highlight=False, soft_wrap=True)
             return
         target.write_text(text)
-    err.print(f"wrote {target}", highlight=False)
+    err.print(f"wrote {target}", highlight=False, soft_wrap=True)
 
 
 def _register_subcommands() -> None:

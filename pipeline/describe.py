@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.outdir import OUTPUT_NAMES, fingerprint, staged_names
-from pipeline.quicklook import crop_view, overview_view, png_bytes, render
+from pipeline.quicklook import crop_view, jpeg_bytes, overview_view, png_bytes, render
 from pipeline.read import RasterInfo
 from pipeline.report import ReportData, render_report
 from pipeline.stac import item_json, scene_item
@@ -25,9 +25,10 @@ from pipeline.vectorize import Buildings
 
 @dataclass(frozen=True)
 class Pictures:
-    """The quicklook (written as ``quicklook.png``) and the report's crop, as PNG bytes."""
+    """The quicklook (PNG, written as ``quicklook.png``; JPEG for the report) and the report's crop."""
 
     quicklook: bytes
+    quicklook_jpeg: bytes
     crop: bytes
     crop_window: tuple[int, int, int, int]
 
@@ -43,9 +44,11 @@ def make_pictures(*, info: RasterInfo, buildings: Buildings, config: PipelineCon
     oc, low = config.outputs, confidence_low(config)
     whole = overview_view(info.height, info.width, max_side=oc.quicklook_px)
     crop = crop_view(info.height, info.width, transform=info.transform, buildings=buildings, side=oc.crop_px)
+    picture = render(info, whole, buildings, low=low)
     return Pictures(
-        quicklook=png_bytes(render(info, whole, buildings, low=low)),
-        crop=png_bytes(render(info, crop, buildings, low=low)),
+        quicklook=png_bytes(picture),
+        quicklook_jpeg=jpeg_bytes(picture),
+        crop=jpeg_bytes(render(info, crop, buildings, low=low), quality=92),
         crop_window=(crop.col_off, crop.row_off, crop.cols, crop.rows),
     )
 
@@ -78,7 +81,8 @@ def describe_scene(
     report = ReportData(
         record=record, stats=stats, areas_m2=buildings.area_m2, confidence=buildings.confidence,
         warnings=warnings, model=model_summary(record["model"]),
-        quicklook_png=pictures.quicklook if pictures else None, crop_png=pictures.crop if pictures else None,
+        quicklook_image=pictures.quicklook_jpeg if pictures else None,
+        crop_image=pictures.crop if pictures else None,
         crop_window=pictures.crop_window if pictures else None, confidence_low=confidence_low(config),
         outputs=[n for n in OUTPUT_NAMES if n != "report.html" and (n != "quicklook.png" or pictures)],
     )  # fmt: skip

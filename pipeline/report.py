@@ -63,8 +63,8 @@ class ReportData:
     confidence: NDArray[np.float64]
     warnings: Sequence[str] = ()
     model: dict[str, Any] = field(default_factory=dict)
-    quicklook_png: bytes | None = None
-    crop_png: bytes | None = None
+    quicklook_image: bytes | None = None  # PNG or JPEG bytes (describe embeds JPEG: smaller)
+    crop_image: bytes | None = None
     crop_window: tuple[int, int, int, int] | None = None  # col_off, row_off, cols, rows
     confidence_low: float = 0.5
     outputs: Sequence[str] = ()
@@ -74,8 +74,10 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(image: bytes) -> str:
+    """A ``data:`` URI of a PNG or JPEG."""
+    kind = "png" if image.startswith(b"\x89PNG") else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(image).decode("ascii")
 
 
 def table(rows: Iterable[tuple[str, Any]], *, numeric: bool = True) -> str:
@@ -135,7 +137,7 @@ def legend(low: float) -> str:
 def render_report(data: ReportData) -> str:
     """The whole page as one string."""
     rec = data.record
-    parts = [_header(data), _warnings(data.warnings), _pictures(data), _figures(data), _run(rec, data.model)]
+    parts = [_header(data), _warnings(data.warnings), _figures(data), _pictures(data), _run(rec, data.model)]
     parts.append(_outputs(data.outputs))
     title = f"footprints: {rec.get('scene', '')}"
     return (
@@ -164,23 +166,23 @@ def _warnings(warnings: Sequence[str]) -> str:
 
 
 def _pictures(data: ReportData) -> str:
-    if data.quicklook_png is None:
+    if data.quicklook_image is None:
         return (
             "<section><h2>Quicklook</h2><p>Turned off (<code>outputs.quicklook: false</code>).</p></section>"
         )
     out = (
         f"<section><h2>Quicklook</h2><p>{legend(data.confidence_low)}</p>"
         f'<img class="ql" id="quicklook" alt="quicklook: the scene with its footprints" '
-        f'src="{data_uri(data.quicklook_png)}"></section>'
+        f'src="{data_uri(data.quicklook_image)}"></section>'
     )
-    if data.crop_png is not None and data.crop_window is not None:
+    if data.crop_image is not None and data.crop_window is not None:
         c, r, w, h = data.crop_window
         out += (
             f"<section><h2>Full resolution</h2><p>{w} x {h} px from column {c:,}, row {r:,} "
             "(where the buildings are densest). Wheel or buttons to zoom, drag to pan.</p>"
             '<button id="zin">+</button><button id="zout">&minus;</button><button id="zfull">1:1</button>'
             f'<button id="zfit">fit</button><div id="zoom"><img alt="full-resolution crop" '
-            f'src="{data_uri(data.crop_png)}" draggable="false"></div></section>'
+            f'src="{data_uri(data.crop_image)}" draggable="false"></div></section>'
         )
     return out
 
