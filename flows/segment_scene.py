@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
 from pipeline.outdir import OUTPUT_NAMES
@@ -102,7 +103,10 @@ def segment_scene_flow(
     scheduler: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Segment one scene into ``out_dir`` (the five outputs of ``footprints segment``).
+    """Segment one scene into ``out_dir`` (the outputs of ``footprints segment``).
+
+    Publishes a table artifact (counts, areas, timings) and a markdown artifact that
+    links the scene's ``report.html``.
 
     ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
     ``scheduler`` (or the environment variable FOOTPRINTS_DASK_SCHEDULER) connects to
@@ -128,6 +132,7 @@ def _run_claimed(
         state = open_state(target=target, model=model, config=config, force=force)
         if (done := finished_record(state=state, target=target)) is not None:
             logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))
+            publish_scene_artifacts(done, out_dir)
             return {**done, "skipped": True}
         plan = plan_task(input_path, config, model)
     logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.description["id"])
@@ -149,6 +154,9 @@ def _run_claimed(
             seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
         )  # fmt: skip
     logger.info("wrote %s to %s", ", ".join(OUTPUT_NAMES), redact(out_dir))
+    for warning in record.get("warnings", []):
+        logger.warning("%s: %s", plan.scene, warning)
+    publish_scene_artifacts(record, out_dir)
     return record
 
 

@@ -16,6 +16,7 @@ import pytest
 from pipeline.bucket import BucketManifest, plan_bucket, scene_entry
 from pipeline.errors import InputNotFoundError
 from pipeline.outdir import DATA_NAMES, OUTPUT_NAMES
+from tests.stacschemas import validate
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +141,10 @@ def test_a_bucket_run_killed_mid_way_resumes_with_identical_outputs(tmp_path: Pa
     _finish(_bucket_run(inp, out, config, home), home)  # a finished bucket: no inference at all
     again: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     assert again["summary"]["up-to-date"] == 2 and again["tiles_inferred_now"] == 0
+    index = (out / "index.html").read_text()
+    assert 'href="austin/report.html"' in index and 'href="rio55/report.html"' in index
+    collection = json.loads((out / "collection.json").read_text())
+    validate(collection)
+    assert sorted(lk["href"] for lk in collection["links"] if lk["rel"] == "item") == [
+        "./austin/item.json", "./rio55/item.json"
+    ]  # fmt: skip
