@@ -193,7 +193,9 @@ def _published_record(mask: Path, stats: Path | None) -> dict[str, Any] | None:
         record = json.loads((folder / "run.json").read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("model"), dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
+        return None
+    return record if "probability_bands" in record else None  # older runs kept no split band
 
 
 def _vectorize_published(

@@ -16,8 +16,8 @@ import pytest
 from pipeline.bucket import BucketManifest, plan_bucket, scene_entry
 from pipeline.errors import InputNotFoundError
 from pipeline.outdir import DATA_NAMES, OUTPUT_NAMES
-from tests.stacschemas import validate
 from tests.conftest import DEMO_SCENE, REAL, requires_real
+from tests.stacschemas import validate
 
 REPO = Path(__file__).resolve().parents[1]
 RIO = REAL / "spacenet1_rio" / "3band" / "3band_013022223130_Public_img55.tif"
