@@ -16,7 +16,6 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
-from pipeline.outdir import OUTPUT_NAMES
 from pipeline.record import utc_now
 from pipeline.restart import SceneState
 from pipeline.scene import (
@@ -153,7 +152,7 @@ def _run_claimed(
             plan=plan, model=model, config=config, stats=stats, buildings=buildings,
             seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
         )  # fmt: skip
-    logger.info("wrote %s to %s", ", ".join(OUTPUT_NAMES), redact(out_dir))
+    logger.info("wrote %s to %s", ", ".join([*record.get("checksums", {}), "run.json"]), redact(out_dir))
     for warning in record.get("warnings", []):
         logger.warning("%s: %s", plan.scene, warning)
     publish_scene_artifacts(record, out_dir)

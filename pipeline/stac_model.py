@@ -102,6 +102,27 @@ def _model_output(meta: dict[str, Any]) -> ModelOutput:
     )
 
 
+def _add_model_asset(item: pystac.Item, checkpoint: Path, meta: dict[str, Any]) -> None:
+    """The checkpoint as the ``mlm:model`` asset: artifact type, named input bands, checksum."""
+    asset = pystac.Asset(
+        href=f"./{checkpoint.name}",
+        media_type="application/octet-stream; application=safetensors",
+        roles=["mlm:model", "mlm:weights"],
+        title="Weights and JSON header (safetensors)",
+    )
+    item.add_asset("model", asset)
+    AssetGeneralMLMExtension.ext(asset).apply(artifact_type="safetensors")
+    bands = []  # the input bands, named, on the model asset: how MLM ties mlm:input to raster:bands
+    for name in meta.get("bands", []):
+        band = RasterBand.create(data_type=DataType.UINT8)
+        band.properties.update(name=str(name), description=f"{name}, uint8 0-255")
+        bands.append(band)
+    RasterExtension.ext(asset, add_if_missing=True).apply(bands)
+    FileExtension.ext(asset, add_if_missing=True).apply(
+        checksum=multihash(file_sha256(checkpoint)), size=checkpoint.stat().st_size
+    )
+
+
 def model_item(checkpoint: Path) -> pystac.Item:
     """The MLM STAC Item of ``checkpoint`` (the asset's href is relative: it lies beside the JSON)."""
     meta = read_checkpoint_metadata(checkpoint)
@@ -138,23 +159,7 @@ def model_item(checkpoint: Path) -> pystac.Item:
         "threshold": meta.get("threshold"),
         "validation_metrics": meta.get("validation_metrics") or {},
     }
-    asset = pystac.Asset(
-        href=f"./{checkpoint.name}",
-        media_type="application/octet-stream; application=safetensors",
-        roles=["mlm:model", "mlm:weights"],
-        title="Weights and JSON header (safetensors)",
-    )
-    item.add_asset("model", asset)
-    AssetGeneralMLMExtension.ext(asset).apply(artifact_type="safetensors")
-    bands = []  # the input bands, named, on the model asset: how MLM ties mlm:input to raster:bands
-    for name in meta.get("bands", []):
-        band = RasterBand.create(data_type=DataType.UINT8)
-        band.properties.update(name=str(name), description=f"{name}, uint8 0-255")
-        bands.append(band)
-    RasterExtension.ext(asset, add_if_missing=True).apply(bands)
-    FileExtension.ext(asset, add_if_missing=True).apply(
-        checksum=multihash(file_sha256(checkpoint)), size=checkpoint.stat().st_size
-    )
+    _add_model_asset(item, checkpoint, meta)
     card = checkpoint.with_name("MODEL_CARD.md")
     if card.is_file():
         item.add_asset(
