@@ -3,7 +3,8 @@
 Each scene runs the ``segment-scene`` flow (as a subflow inside a task), at most
 ``concurrency`` at a time, on one shared Dask cluster. Outputs go to
 ``output_url/<scene-stem>/`` and ``output_url/manifest.json`` lists every scene's
-outputs, counts and status. Scenes already published under the same input, model
+outputs, counts and status; ``index.html`` links every scene's report and
+``collection.json`` (STAC) every scene's item. Scenes already published under the same input, model
 and config are not run again; a scene interrupted mid-way resumes from its tiles.
 """
 
@@ -17,9 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.artifacts import publish_bucket_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from flows.segment_scene import segment_scene_flow
 from pipeline.bucket import BucketManifest, SceneJob, plan_bucket, scene_entry
+from pipeline.bucket_index import write_bucket_index
 from pipeline.config import load_config
 from pipeline.dispatch import shared_client
 from pipeline.errors import FootprintsError
@@ -77,9 +80,17 @@ def segment_bucket_flow(
     manifest.write()
     dc = cfg.dask
     with shared_client(
-        scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker
+        scheduler=dc.scheduler,
+        n_workers=dc.n_workers,
+        threads_per_worker=dc.threads_per_worker,
+        dashboard=dc.dashboard,
     ):
         _run_scenes(jobs, manifest, concurrency=concurrency, args=(config, model, dc.scheduler, force))
+    index, _ = write_bucket_index(
+        output_url=output_url, entries=manifest.scenes(), summary=manifest.summary()
+    )
+    publish_bucket_artifacts(index=index, scenes=manifest.scenes(), summary=manifest.summary())
+    logger.info("index of the reports: %s; STAC collection: collection.json", redact(index.url))
     summary = {"manifest": manifest.location.url, "scenes": len(jobs), "failed": manifest.failed}
     if manifest.failed:
         raise FootprintsError(

@@ -13,9 +13,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
-from pipeline.outdir import OUTPUT_NAMES
+from pipeline.record import utc_now
 from pipeline.restart import SceneState
 from pipeline.scene import (
     ModelChoice,
@@ -101,7 +102,10 @@ def segment_scene_flow(
     scheduler: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Segment one scene into ``out_dir`` (the five outputs of ``footprints segment``).
+    """Segment one scene into ``out_dir`` (the outputs of ``footprints segment``).
+
+    Publishes a table artifact (counts, areas, timings) and a markdown artifact that
+    links the scene's ``report.html``.
 
     ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
     ``scheduler`` (or the environment variable FOOTPRINTS_DASK_SCHEDULER) connects to
@@ -109,17 +113,17 @@ def segment_scene_flow(
     """
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     config = load_config(config_path, **{"dask.scheduler": scheduler})
-    timer = StageTimer()
+    timer, started = StageTimer(), utc_now()
     with timer.stage("plan"):
         model = model_task(model_path, config)
         target = resolve_task(input_path, out_dir)
     with target.claim(config, force=force):  # the input, OUTDIR's lock and its owner
-        return _run_claimed(input_path, target, model, config, timer, force)
+        return _run_claimed(input_path, target, model, config, timer, force, started)
 
 
 def _run_claimed(
     input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
-    force: bool,
+    force: bool, started: str,
 ) -> dict[str, Any]:  # fmt: skip
     logger = get_run_logger()
     out_dir = target.out.url
@@ -127,6 +131,7 @@ def _run_claimed(
         state = open_state(target=target, model=model, config=config, force=force)
         if (done := finished_record(state=state, target=target)) is not None:
             logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))
+            publish_scene_artifacts(done, out_dir)
             return {**done, "skipped": True}
         plan = plan_task(input_path, config, model)
     logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.description["id"])
@@ -144,10 +149,13 @@ def _run_claimed(
         with timer.stage("write_vectors"):
             write_task(buildings, plan, model, work, target.input_modified)
         record = publish_task(
-            plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
-            seconds=timer.seconds, workdir=work, target=target, state=state,
+            plan=plan, model=model, config=config, stats=stats, buildings=buildings,
+            seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
         )  # fmt: skip
-    logger.info("wrote %s to %s", ", ".join(OUTPUT_NAMES), redact(out_dir))
+    logger.info("wrote %s to %s", ", ".join([*record.get("checksums", {}), "run.json"]), redact(out_dir))
+    for warning in record.get("warnings", []):
+        logger.warning("%s: %s", plan.scene, warning)
+    publish_scene_artifacts(record, out_dir)
     return record
 
 

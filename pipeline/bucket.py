@@ -64,6 +64,8 @@ def scene_entry(
         "status": "up-to-date" if skipped else "done",
         "outputs": {name: out.child(name).url for name in OUTPUT_NAMES},
         "counts": counts,  # of the run that produced the outputs (see run.json)
+        "summary": record.get("summary") or {},
+        "warnings": record.get("warnings") or [],
         "tiles_inferred_now": 0 if skipped else int(counts.get("tiles_inferred", 0)),
         "run_key": record.get("run_key"),
     }
@@ -89,15 +91,22 @@ class BucketManifest:
             self.entries[entry["scene"]] = entry
             self.write()
 
+    def scenes(self) -> list[dict[str, Any]]:
+        """Every scene's entry, in the jobs' order (``pending`` until it ends)."""
+        return [self.entries.get(j.scene, {"scene": j.scene, "input": j.input_url, "status": "pending"})
+                for j in self.jobs]  # fmt: skip
+
+    def summary(self) -> dict[str, int]:
+        statuses = [s["status"] for s in self.scenes()]
+        return {k: statuses.count(k) for k in ("done", "up-to-date", "failed", "pending")}
+
     def write(self) -> None:
-        scenes = [self.entries.get(j.scene, {"scene": j.scene, "input": j.input_url, "status": "pending"})
-                  for j in self.jobs]  # fmt: skip
-        statuses = [s["status"] for s in scenes]
+        scenes = self.scenes()
         payload = {
             "input_url": redact(self.input_url), "output_url": redact(self.output_url),
             "pattern": self.pattern,
             "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "summary": {k: statuses.count(k) for k in ("done", "up-to-date", "failed", "pending")},
+            "summary": self.summary(),
             "tiles_inferred_now": sum(int(s.get("tiles_inferred_now", 0)) for s in scenes),
             "scenes": scenes,
         }  # fmt: skip

@@ -5,19 +5,41 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import load_config
 from pipeline.console import friendly_errors
+from pipeline.errors import FootprintsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Building footprints from aerial imagery.")
 err = Console(stderr=True)
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        out.print(f"footprints {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Building footprints from aerial imagery."""
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/).")]
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")]
@@ -48,6 +70,13 @@ def segment(
             "of another scene or config in OUT.",
         ),
     ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="Serve the Dask dashboard (dask.dashboard, default 127.0.0.1:8787) and print it.",
+        ),
+    ] = False,
 ) -> None:
     """Segment buildings in INPUT and write rasters, GeoJSON, GeoPackage and run.json to OUT.
 
@@ -62,7 +91,9 @@ def segment(
     _show_warnings()
     with friendly_errors(err):
         cfg = load_config(config, **{"dask.scheduler": scheduler})
-        with ProgressReporter(err) as progress:
+        if dashboard and cfg.dask.dashboard is None:
+            cfg = cfg.model_copy(update={"dask": cfg.dask.model_copy(update={"dashboard": DASHBOARD})})
+        with _cluster(cfg, dashboard), ProgressReporter(err) as progress:
             result = segment_scene(
                 input_path=input,
                 out_dir=out,
@@ -80,6 +111,35 @@ def segment(
         f"{rec['counts']['buildings']} buildings from {rec['counts']['tiles_inferred']} tiles "
         f"({rec['counts']['tiles_reused']} reused) -> {result.out_dir} ({sum(rec['seconds'].values()):.1f} s)"
     )
+    for warning in rec.get("warnings", []):
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    err.print(f"report: {_report_path(result.out_dir)}", highlight=False, soft_wrap=True)
+
+
+#: Where ``--dashboard`` serves the Dask dashboard unless the config's ``dask.dashboard`` says.
+DASHBOARD = "127.0.0.1:8787"
+
+
+@contextmanager
+def _cluster(cfg: Any, dashboard: bool) -> Iterator[None]:
+    """With ``--dashboard``: start the cluster first, and print its dashboard's address."""
+    if not dashboard:
+        yield
+        return
+    from pipeline.dispatch import shared_client
+
+    dc = cfg.dask
+    with shared_client(
+        scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker,
+        dashboard=dc.dashboard,
+    ) as client:  # fmt: skip
+        err.print(f"dashboard: {client.dashboard_link}", highlight=False, soft_wrap=True)
+        yield
+
+
+def _report_path(out_dir: Any) -> str:
+    where = str(out_dir).rstrip("/")
+    return f"{where}/report.html"
 
 
 @app.command()
@@ -115,6 +175,37 @@ def bench(
         else:
             table.add_row(key, f"{value}")
     out.print(table)
+
+
+@app.command("model-stac")
+def model_stac(
+    checkpoint: Annotated[
+        Path | None, typer.Argument(help="safetensors checkpoint (default: the shipped one).")
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="JSON to write (default: beside it, NAME.mlm.json).")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only check that the file is up to date.")] = False,
+) -> None:
+    """Describe a checkpoint as a STAC Item with the Machine Learning Model (MLM) extension."""
+    from pipeline.config import default_checkpoint
+    from pipeline.stac_model import model_json
+
+    with friendly_errors(err):
+        path = checkpoint or default_checkpoint()
+        if path is None:
+            raise FootprintsError("no checkpoint in models/ and none given; pass CHECKPOINT")
+        target = out_file or path.with_name(f"{path.stem}.mlm.json")
+        text = model_json(path)
+        if check:
+            if not target.is_file() or target.read_text() != text:
+                raise FootprintsError(
+                    f"{target}: out of date with {path}; run `footprints model-stac {path}`"
+                )
+            err.print(f"{target} is up to date with {path}", highlight=False, soft_wrap=True)
+            return
+        target.write_text(text)
+    err.print(f"wrote {target}", highlight=False, soft_wrap=True)
 
 
 def _register_subcommands() -> None:

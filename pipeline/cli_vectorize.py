@@ -7,8 +7,14 @@ are merged, then simplified by ``vectorize.simplify_m`` metres (0 keeps them pix
 With ``--stats PROB.tif`` each polygon gets its mean probability and those under
 ``vectorize.min_confidence`` are dropped too; without it there is nothing to judge them by.
 The output format follows the extension: ``.geojson`` (RFC 7946: EPSG:4326 lon/lat,
-counter-clockwise exteriors, 7 decimals), ``.gpkg`` or ``.parquet`` (raster CRS). Files
-are written under a temporary name in the destination folder, then renamed into place.
+counter-clockwise exteriors, 7 decimals), ``.gpkg`` or ``.parquet`` (GeoParquet 1.1, raster
+CRS). Files are written under a temporary name in the destination folder, then renamed into place.
+
+The ``mask.tif`` of a ``footprints segment`` OUTDIR (``run.json`` and ``probability.tif``
+beside it) is vectorized as the run did it: with the recorded config (``--config`` and the
+overrides replace it), touching buildings split again from ``probability.tif``'s second band,
+confidence from its first, and the same columns (``id``, ``area_m2``, ``confidence``,
+``scene``, ``model``): the same features as ``buildings.geojson``.
 """
 
 from __future__ import annotations
@@ -143,6 +149,15 @@ def vectorize_command(
             overrides.update(
                 {"vectorize.simplify_m": 0.0, "vectorize.regularize": False, "vectorize.fill_holes_m2": 0.0}
             )
+        if (record := _published_record(mask, stats)) is not None:
+            n = _vectorize_published(mask, out, driver=driver, record=record, config=config,
+                                     overrides=overrides, block_size=block_size)  # fmt: skip
+            err.print(
+                f"{n} polygons (as published in {mask.parent}/buildings.*) -> {out} "
+                f"({time.perf_counter() - start:.1f} s)",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            return
         cfg = load_config(config, **overrides)
         stats_path = None if stats is None else str(stats)
         bounds = _check_values(mask)
@@ -162,6 +177,43 @@ def vectorize_command(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _published_record(mask: Path, stats: Path | None) -> dict[str, Any] | None:
+    """``run.json`` beside ``mask``, when it is the mask.tif of a ``segment`` OUTDIR (and no
+    other ``--stats`` raster than its probability.tif is asked for)."""
+    import json
+
+    folder = mask.parent
+    if mask.name != "mask.tif" or not (folder / "probability.tif").is_file():
+        return None
+    if stats is not None and stats.resolve() != (folder / "probability.tif").resolve():
+        return None
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
+        return None
+    return record if "probability_bands" in record else None  # older runs kept no split band
+
+
+def _vectorize_published(
+    mask: Path, out: Path, *, driver: str, record: dict[str, Any], config: Path | None,
+    overrides: dict[str, Any], block_size: int,
+) -> int:  # fmt: skip
+    """Vectorize an OUTDIR's mask as its run did (see the module docstring); the feature count."""
+    from pipeline.config import PipelineConfig, load_config
+    from pipeline.vectors import PublishedScene, buildings_frame, outdir_buildings
+
+    base = load_config(config) if config is not None else PipelineConfig.model_validate(record["config"])
+    changed = {k.split(".", 1)[1]: v for k, v in overrides.items() if v is not None}
+    cfg = base.model_copy(update={"vectorize": base.vectorize.model_copy(update=changed)})
+    published = PublishedScene.from_record(record, cfg)
+    buildings = outdir_buildings(out_dir=mask.parent, published=published, block_size=block_size)
+    frame = buildings_frame(buildings, scene=published.scene, model_id=published.model_id)
+    write_vector(frame.to_crs(4326) if driver == "GeoJSON" else frame, out, driver=driver, layer=out.stem)
+    return len(frame)
 
 
 def register(app: typer.Typer) -> None:

@@ -67,6 +67,9 @@ class DaskConfig(_Section):
     n_workers: int = Field(1, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     max_batches_in_flight: int = Field(4, ge=1, description="Backpressure window in batches.")
+    dashboard: str | None = Field(
+        None, description="HOST:PORT of the local cluster's dashboard (e.g. 127.0.0.1:8787); null = none."
+    )
 
 
 class SplitConfig(_Section):
@@ -101,6 +104,14 @@ class RestartConfig(_Section):
     keep_tiles: bool = Field(False, description="Keep the tile cache after the scene is published.")
 
 
+class OutputsConfig(_Section):
+    """The outputs that describe a scene (see DESIGN.md, "Outputs and metadata")."""
+
+    quicklook: bool = Field(True, description="Write quicklook.png and the pictures of report.html.")
+    quicklook_px: int = Field(2048, ge=64, le=2048, description="Long side of quicklook.png (pixels).")
+    crop_px: int = Field(768, ge=64, le=2048, description="Side of the report's full-resolution crop.")
+
+
 def outline_options(vc: VectorizeConfig) -> OutlineOptions:
     """The vectorize: section as the library's :class:`~pipeline.vectorize.OutlineOptions`."""
     from pipeline.vectorize import OutlineOptions
@@ -120,6 +131,7 @@ class PipelineConfig(_Section):
     split: SplitConfig = SplitConfig()  # type: ignore[call-arg]
     vectorize: VectorizeConfig = VectorizeConfig()  # type: ignore[call-arg]
     restart: RestartConfig = RestartConfig()  # type: ignore[call-arg]
+    outputs: OutputsConfig = OutputsConfig()  # type: ignore[call-arg]
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> PipelineConfig:

@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 
 from pipeline.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
 from pipeline.grid import Tile, TileGrid
+from pipeline.hardware import device_label
 from pipeline.infer import ModelSource, cached_segmenter
 from pipeline.read import RasterInfo, read_tile
 from pipeline.restart import SKIPPED, TileCache
@@ -58,6 +59,7 @@ class BatchResult:
     results: tuple[TileResult, ...]
     skipped: tuple[Tile, ...]
     worker_pid: int
+    device: str = ""  # where the model ran (pipeline.hardware.device_label); "" when it did not
 
 
 class ModelPlugin(WorkerPlugin):
@@ -161,8 +163,11 @@ def infer_batch(
             valids.append(valid)
             kept.append(tile)
     results: list[TileResult] = []
+    device = ""
     if kept:
-        prob = _predict_by_shape(cached_segmenter(source), pixels, scale=scale)
+        segmenter = cached_segmenter(source)
+        prob = _predict_by_shape(segmenter, pixels, scale=scale)
+        device = device_label(getattr(segmenter, "device", "cpu"))
         for tile, p, valid in zip(kept, prob, valids, strict=True):
             packed = None if valid.all() else np.packbits(valid.ravel())
             results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
@@ -171,7 +176,7 @@ def infer_batch(
             cache.save(r.tile, r.probability, r.packed_valid)
         for t in skipped:
             cache.save_skipped(t)
-    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
+    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid(), device=device)
 
 
 def _predict_by_shape(
@@ -214,11 +219,13 @@ _SHARED: list[Client] = []
 
 @contextlib.contextmanager
 def shared_client(
-    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1
+    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
 ) -> Iterator[Client]:
     """One client for many scenes (a bucket): :func:`active_client` returns it meanwhile,
     so every scene reuses the cluster and the models already loaded on its workers."""
-    with connect(scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker) as c:
+    with connect(
+        scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard=dashboard
+    ) as c:
         _SHARED.append(c)
         try:
             yield c
@@ -232,8 +239,15 @@ def active_client() -> Client | None:
 
 
 @contextlib.contextmanager
-def connect(*, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1) -> Iterator[Client]:
-    """A client to ``scheduler`` (``tcp://HOST:PORT``) or to a new ``LocalCluster``."""
+def connect(
+    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
+) -> Iterator[Client]:
+    """A client to ``scheduler`` (``tcp://HOST:PORT``) or to a new ``LocalCluster``.
+
+    A local cluster serves no dashboard (so no port is taken, and no warning when 8787 is
+    busy) unless ``dashboard`` gives its address, e.g. ``127.0.0.1:8787`` (bokeh serves it;
+    when that port is taken Dask picks another: ``client.dashboard_link`` tells which).
+    """
     if scheduler:
         with Client(scheduler) as client:  # type: ignore[no-untyped-call]
             yield client
@@ -249,11 +263,12 @@ def connect(*, scheduler: str | None, n_workers: int = 1, threads_per_worker: in
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={
-                "dashboard": False,
-                "dashboard_address": "127.0.0.1:0",
-            },  # not 8787: may be taken
+            dashboard_address=dashboard,
+            scheduler_kwargs=(
+                {"dashboard": True, "dashboard_address": dashboard}
+                if dashboard
+                else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}  # not 8787: may be taken
+            ),
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]

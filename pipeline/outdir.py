@@ -20,7 +20,7 @@ prefix and runs it once); the input and owner checks work on S3 too.
 :func:`publish_outputs` moves the staged outputs into place and records a fingerprint of
 each (SHA-256 and size; plus the ETag on S3), and :func:`changed_outputs` tells which
 published outputs are missing or no longer match, so that a scene is only "up to date"
-while all five are intact.
+while all its outputs are intact.
 """
 
 from __future__ import annotations
@@ -40,11 +40,19 @@ from typing import Any
 from pipeline.errors import OutputBusyError, OutputConflictError, OutputError
 from pipeline.files import file_sha256
 from pipeline.restart import MANIFEST, state_location
-from pipeline.storage import Location, read_json, stat, upload
+from pipeline.storage import Location, read_json, remove_file, stat, upload
 from pipeline.write import pid_alive
 
-OUTPUT_NAMES = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json")
-DATA_NAMES = OUTPUT_NAMES[:4]
+OUTPUT_NAMES = (
+    "probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "buildings.parquet",
+    "quicklook.png", "report.html", "item.json", "run.json",
+)  # fmt: skip
+#: The data files: byte-identical whenever the input, model and config are (a rerun, a resume).
+DATA_NAMES = OUTPUT_NAMES[:6]
+#: Files that describe the run (its timings and times, so they differ from one run to the next).
+DESCRIPTION_NAMES = ("report.html", "item.json")
+#: Outputs that the config can turn off (``outputs.quicklook``).
+OPTIONAL_NAMES = frozenset({"quicklook.png"})
 LOCK_NAME = ".footprints.lock"
 #: A lock file still empty after this many seconds was left by a run killed while creating it.
 LOCK_WRITE_GRACE_S = 5.0
@@ -254,18 +262,27 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
+def staged_names(workdir: Path) -> list[str]:
+    """The outputs staged in ``workdir``, in publishing order (``run.json`` last)."""
+    return [name for name in OUTPUT_NAMES if (workdir / name).is_file()]
+
+
 def publish_outputs(
     workdir: Path, out: Location, staged: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-    """Move the five staged outputs to ``out`` (``run.json`` last): their URLs and checksums.
+    """Move the staged outputs to ``out`` (``run.json`` last): their URLs and checksums.
 
-    ``staged`` has the :func:`fingerprint` of the data files (``run.json`` records them);
-    the checksums returned add ``run.json``'s and, on S3, each object's ETag once
-    uploaded, so that :func:`changed_outputs` needs no download.
+    ``staged`` has the :func:`fingerprint` of every output but ``run.json`` (which records
+    them); the checksums returned add ``run.json``'s and, on S3, each object's ETag once
+    uploaded, so that :func:`changed_outputs` needs no download. An optional output that
+    this run did not make (the quicklook, turned off) is removed from ``out`` first.
     """
     urls: dict[str, str] = {}
     checksums = {**{k: dict(v) for k, v in staged.items()}, "run.json": fingerprint(workdir / "run.json")}
-    for name in OUTPUT_NAMES:
+    names = staged_names(workdir)
+    for name in OPTIONAL_NAMES - set(names):
+        remove_file(out.child(name))
+    for name in names:
         upload(workdir / name, dest := out.child(name))
         urls[name] = dest.url
         if not out.is_local:
@@ -278,8 +295,12 @@ def _etag(info: dict[str, Any]) -> str:
 
 
 def changed_outputs(out: Location, checksums: dict[str, Any]) -> list[str]:
-    """The outputs in ``out`` that are missing or differ from the published ``checksums``."""
-    return [name for name in OUTPUT_NAMES if not _matches(out.child(name), checksums.get(name))]
+    """The outputs in ``out`` that are missing or differ from the published ``checksums``.
+
+    An optional output that was not published (see :data:`OPTIONAL_NAMES`) is not missing.
+    """
+    expected = [n for n in OUTPUT_NAMES if n not in OPTIONAL_NAMES or n in checksums]
+    return [name for name in expected if not _matches(out.child(name), checksums.get(name))]
 
 
 def _matches(where: Location, want: Any) -> bool:

@@ -18,7 +18,7 @@ import rasterio
 from affine import Affine
 from numpy.typing import NDArray
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.transform import array_bounds
 from rasterio.windows import Window
@@ -306,6 +306,31 @@ def read_tile(
             f"{info.path}: reading window {tile.window} failed ({cause_text(exc)}); check that "
             "the file is complete and readable (re-download or re-export it)"
         ) from exc
+    pixels = _to_uint8(data, info.scaling)
+    pixels[:, ~valid] = 0
+    return pixels, valid
+
+
+def read_rgb(
+    info: RasterInfo, *, window: Window | None = None, out_shape: tuple[int, int] | None = None
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """uint8 ``(3, h, w)`` pixels of ``window`` (the whole raster by default) and their validity.
+
+    With ``out_shape`` the read is decimated by GDAL (averaged; served from the overviews
+    when the file has them), so its memory is that of ``out_shape``, whatever the raster's
+    size. Pixels are scaled as for inference; nodata pixels are 0 and False.
+    """
+    window = window or Window(0, 0, info.width, info.height)
+    h, w = out_shape or (int(window.height), int(window.width))
+    unique = sorted(set(info.bands))
+    with rasterio.open(info.path) as ds:
+        data = ds.read(list(info.bands), window=window, out_shape=(3, h, w), resampling=Resampling.average)
+        masks = ds.read_masks(unique, window=window, out_shape=(len(unique), h, w))
+    valid = np.any(masks > 0, axis=0)
+    if info.nodata is not None and not np.isnan(info.nodata):
+        valid &= np.any(data != info.nodata, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
     pixels = _to_uint8(data, info.scaling)
     pixels[:, ~valid] = 0
     return pixels, valid

@@ -1,15 +1,19 @@
 """``run.json``: what a published scene records about how it was made.
 
 Besides the config, model, grid, counts, seconds and versions, it carries the run key,
-the ``owner`` that marks OUTDIR as this scene's and config's (see :mod:`pipeline.outdir`)
-and the SHA-256 and size of each data output (``checksums``).
+the ``owner`` that marks OUTDIR as this scene's and config's (see :mod:`pipeline.outdir`),
+the SHA-256 and size of every other output (``checksums``), the footprints version, the
+start and end times (UTC), the device the model ran on and the host's CPU and GPU names.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pipeline import __version__
+from pipeline.hardware import host_summary, summarize_devices
 from pipeline.outdir import owner
 from pipeline.restart import config_digest
 
@@ -33,20 +37,33 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def utc_now() -> str:
+    """Now, in UTC, to the second: ``2026-12-01T18:09:00Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_record(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
     n_buildings: int, seconds: dict[str, float], target: SceneTarget, run_key: str | None = None,
-    checksums: dict[str, Any] | None = None,
+    checksums: dict[str, Any] | None = None, started: str | None = None, finished: str | None = None,
+    probability_bands: list[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     info = plan.info
     return {
         "scene": plan.scene,
+        "footprints_version": __version__,
+        "started": started,
+        "finished": finished or utc_now(),
+        **summarize_devices(stats.devices),
+        "host": host_summary(),
         "run_key": run_key,
         "owner": owner(scene=target.input.url, config_sha256=config_digest(config)),
         "checksums": checksums or {},
         "input": {"url": target.input.url, "path": info.path, **target.input_identity,
-                  "crs": info.crs.to_string(), "height": info.height, "width": info.width,
+                  "modified": target.input_modified, "crs": info.crs.to_string(),
+                  "transform": list(info.transform)[:6], "height": info.height, "width": info.width,
                   "bands": list(info.bands)},
+        "probability_bands": probability_bands or ["building"],
         "config": config.model_dump(mode="json"),
         "model": model.description,
         "grid": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,

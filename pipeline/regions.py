@@ -38,6 +38,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.stitch import threshold_u8
+from pipeline.write import MASK_NODATA
 
 #: Region value of mask pixels that no seed reaches.
 UNSEEDED = np.uint32(np.iinfo(np.uint32).max - 1)
@@ -239,3 +240,38 @@ class SeedSink:
                 out.write(regions, 1, window=Window(0, r0, self.width, r1 - r0))
         self.seeds_path.unlink()
         return self.regions_path
+
+
+def split_from_outputs(
+    *,
+    mask_path: Path,
+    probability_path: Path,
+    workdir: Path,
+    seed_threshold: float,
+    boundary_threshold: float,
+    min_seed_px: int,
+    grow_px: int,
+    band_rows: int = 256,
+) -> Path:
+    """The region raster of a published scene, from its ``mask.tif`` and 2-band ``probability.tif``.
+
+    The probabilities stream through the same :class:`SeedSink` as during the run (nodata
+    pixels are 0 in the file and 255 in the mask, so they are never cores), and the seeds
+    grow over the same mask: the regions, and so the polygons, equal those of the run.
+    """
+    with rasterio.open(probability_path) as prob, rasterio.open(mask_path) as mask_ds:
+        sink = SeedSink(
+            workdir=workdir, crs=mask_ds.crs, transform=mask_ds.transform, height=mask_ds.height,
+            width=mask_ds.width, seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
+        )  # fmt: skip
+        try:
+            for r0 in range(0, mask_ds.height, band_rows):
+                window = Window(0, r0, mask_ds.width, min(band_rows, mask_ds.height - r0))
+                mask = mask_ds.read(1, window=window)
+                sink.write_rows(
+                    row_off=r0, probability=prob.read([1, 2], window=window), mask=mask,
+                    valid=mask != MASK_NODATA,
+                )  # fmt: skip
+        finally:
+            sink.close()
+    return sink.finish(mask_path=mask_path, min_seed_px=min_seed_px, grow_px=grow_px)

@@ -54,6 +54,8 @@ def config_digest(config: Any) -> str:
     """
     data = config.model_dump(mode="json", exclude={"dask", "restart"})
     data.get("tiling", {}).pop("batch_size", None)
+    if data.get("outputs") == type(config)().model_dump(mode="json")["outputs"]:
+        del data["outputs"]  # the defaults: digests stay those of configs written before it existed
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

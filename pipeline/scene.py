@@ -17,26 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
-import numpy as np
-
 from pipeline.config import PipelineConfig, default_checkpoint, outline_options
+from pipeline.describe import describe_scene
 from pipeline.dispatch import BatchResult, active_client, connect, run_batches
 from pipeline.errors import Interrupted, NoDataError
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid, lattice_step
 from pipeline.infer import SCALE_TOLERANCE, CheckpointSource, ModelSource, UntrainedSource
-from pipeline.outdir import DATA_NAMES, fingerprint, publish_outputs
+from pipeline.outdir import publish_outputs
 from pipeline.preflight import check_free_space, estimate_bytes, write_errors
 from pipeline.read import RasterInfo, open_raster
-from pipeline.record import run_record
+from pipeline.record import run_record, utc_now
 from pipeline.regions import SeedSink
 from pipeline.restart import SceneState
 from pipeline.stitch import RowSink, Stitcher, TeeSink
 from pipeline.storage import gdal_path, write_json
 from pipeline.target import SceneTarget, display, finished_record, open_state, scene_id
 from pipeline.vectorize import Buildings, vectorize_scene
-from pipeline.write import CogSink, write_vector
+from pipeline.vectors import buildings_frame, write_buildings
+from pipeline.write import CogSink
 
 __all__ = [
     "ModelChoice", "ScenePlan", "SceneResult", "SceneTarget", "StageTimer", "StitchStats", "check_room",
@@ -90,6 +89,7 @@ class StitchStats:
     batches: int
     peak_rows: int
     tiles_reused: int = 0
+    devices: tuple[str, ...] = ()  # where the model ran (pipeline.hardware.device_label)
 
 
 def plan_scene(
@@ -173,7 +173,7 @@ def _sinks(
     geo: dict[str, Any] = {
         "crs": info.crs, "transform": info.transform, "height": info.height, "width": info.width
     }  # fmt: skip
-    sink = CogSink(workdir=workdir, channels=channels, **geo)
+    sink = CogSink(workdir=workdir, channels=channels, classes=probability_classes(model), **geo)
     if channels == 1:
         return sink, None
     sc = config.split
@@ -192,8 +192,11 @@ class _BatchFeeder:
     state: SceneState | None = None
     progress: ProgressFn | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"inferred": 0, "skipped": 0, "reused": 0})
+    devices: set[str] = field(default_factory=set)
 
     def __call__(self, batch: BatchResult) -> None:
+        if batch.device:
+            self.devices.add(batch.device)
         for r in batch.results:
             self.stitcher.add(r.tile, r.probability, r.valid())
         for t in batch.skipped:
@@ -263,7 +266,15 @@ def infer_and_stitch(
     if state is not None:
         state.record_stage("infer_stitch")
     n = feed.counts
-    return StitchStats(len(grid), n["inferred"], n["skipped"], n_batches, stitcher.peak_rows, n["reused"])
+    return StitchStats(
+        len(grid),
+        n["inferred"],
+        n["skipped"],
+        n_batches,
+        stitcher.peak_rows,
+        n["reused"],
+        tuple(sorted(feed.devices)),
+    )
 
 
 def _no_data(info: RasterInfo) -> NoDataError:
@@ -272,6 +283,13 @@ def _no_data(info: RasterInfo) -> NoDataError:
         f"{info.path}: every pixel is nodata ({declared}, or not finite), so there are no buildings to "
         "find; check the scene, or set input.nodata in the config if that value is real data"
     )
+
+
+def probability_classes(model: ModelChoice) -> tuple[str, str]:
+    """The classes of probability.tif's bands: building, then the class that splits buildings
+    (``separator`` when the model has both boundary and contact: the larger of the two)."""
+    others = [c for c in model.description.get("classes", []) if c != "building"]
+    return ("building", others[0] if len(others) == 1 else "separator")
 
 
 def splits(model: ModelChoice, config: PipelineConfig) -> bool:
@@ -288,23 +306,12 @@ def _client(client: Any | None, config: PipelineConfig) -> Iterator[Any]:
         return
     dc = config.dask
     with connect(
-        scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker
+        scheduler=dc.scheduler,
+        n_workers=dc.n_workers,
+        threads_per_worker=dc.threads_per_worker,
+        dashboard=dc.dashboard,
     ) as c:
         yield c
-
-
-def buildings_frame(buildings: Buildings, *, scene: str, model_id: str) -> gpd.GeoDataFrame:
-    """The GeoDataFrame adapter around :class:`Buildings` (scene CRS)."""
-    return gpd.GeoDataFrame(
-        {
-            "id": buildings.id.astype(object),
-            "area_m2": np.round(buildings.area_m2, 2),
-            "confidence": np.round(buildings.confidence, 4),
-            "scene": np.full(len(buildings), scene, dtype=object),
-            "model": np.full(len(buildings), model_id, dtype=object),
-        },
-        geometry=gpd.GeoSeries(buildings.geometry, crs=buildings.crs),
-    )
 
 
 def vectorize_stage(
@@ -332,34 +339,40 @@ def vectorize_stage(
 def write_vectors_stage(
     *, buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path, timestamp: str | None = None
 ) -> None:
-    """``buildings.gpkg`` in the scene CRS and RFC 7946 ``buildings.geojson``.
+    """``buildings.gpkg`` and ``buildings.parquet`` (scene CRS), RFC 7946 ``buildings.geojson``.
 
     ``timestamp`` is the date stamped into the GeoPackage (the input's last-modified time,
     so that outputs depend on the inputs only); None stamps the current time.
     """
     frame = buildings_frame(buildings, scene=plan.scene, model_id=str(model.description["id"]))
-    write_vector(frame, workdir / "buildings.gpkg", driver="GPKG", timestamp=timestamp)
-    write_vector(frame.to_crs(4326), workdir / "buildings.geojson", driver="GeoJSON")
+    write_buildings(frame, workdir, timestamp=timestamp)
 
 
 def publish_scene(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
-    n_buildings: int, seconds: dict[str, float], workdir: Path, target: SceneTarget,
-    state: SceneState | None = None,
+    buildings: Buildings, seconds: dict[str, float], workdir: Path, target: SceneTarget,
+    state: SceneState | None = None, started: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Write ``run.json`` and move the five staged outputs to the target, ``run.json`` last.
+    """Describe the scene (quicklook, report, STAC item), write ``run.json`` and move the staged
+    outputs to the target, ``run.json`` last.
 
     Locally each file is renamed into place; on S3 each is one upload, visible only
-    once complete. ``run.json`` records the data files' SHA-256; the restart manifest,
-    marked complete last, records all five (see :func:`finished_record`).
+    once complete. ``run.json`` records the SHA-256 of every other output; the restart
+    manifest, marked complete last, records all of them (see :func:`finished_record`).
     """
-    staged = {name: fingerprint(workdir / name) for name in DATA_NAMES}
+    t0 = time.perf_counter()
+    channels = 2 if splits(model, config) else 1
     record = run_record(
-        plan=plan, model=model, config=config, stats=stats, n_buildings=n_buildings, seconds=seconds,
-        target=target, run_key=state.key if state is not None else None, checksums=staged,
+        plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings), seconds=dict(seconds),
+        target=target, run_key=state.key if state is not None else None, started=started,
+        probability_bands=list(probability_classes(model)[:channels]),
     )  # fmt: skip
+    record = describe_scene(
+        record=record, buildings=buildings, info=plan.info, config=config, workdir=workdir
+    )
+    record["seconds"]["describe"] = round(time.perf_counter() - t0, 3)
     write_json(workdir / "run.json", record)
-    outputs, checksums = publish_outputs(workdir, target.out, staged)
+    outputs, checksums = publish_outputs(workdir, target.out, record["checksums"])
     if state is not None:
         state.finish(outputs=outputs, checksums=checksums, keep_tiles=config.restart.keep_tiles)
     return record
@@ -383,7 +396,7 @@ def segment_scene(
     force: bool = False,
     on_plan: Callable[[ScenePlan], None] | None = None,
 ) -> SceneResult:
-    """Run the whole job for one scene and publish the five outputs into ``out_dir``.
+    """Run the whole job for one scene and publish its outputs into ``out_dir``.
 
     ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
     A rerun resumes from the tiles a crashed attempt finished, and a scene already
@@ -391,7 +404,7 @@ def segment_scene(
     ``on_plan`` sees the plan before any tile is dispatched. Ctrl-C raises
     :class:`~pipeline.errors.Interrupted` with the number of finished tiles kept.
     """
-    timer = StageTimer()
+    timer, started = StageTimer(), utc_now()
     with timer.stage("plan"):
         model = choose_model(model_path=model_path, config=config)
         target = SceneTarget.resolve(input_url=input_path, out_url=out_dir)
@@ -406,7 +419,7 @@ def segment_scene(
         try:
             record = _run_planned(
                 plan=plan, target=target, model=model, config=config, timer=timer, progress=progress,
-                client=client, state=state,
+                client=client, state=state, started=started,
             )  # fmt: skip
         except KeyboardInterrupt:
             raise Interrupted(state.tiles_done if state is not None else 0) from None
@@ -436,9 +449,9 @@ def check_room(
 
 def _run_planned(
     *, plan: ScenePlan, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
-    progress: ProgressFn | None, client: Any | None, state: SceneState | None,
+    progress: ProgressFn | None, client: Any | None, state: SceneState | None, started: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Check the free space, then infer, vectorize and publish in the staging folder."""
+    """Check the free space, then infer, vectorize, describe and publish in the staging folder."""
     out, local = target.out.url, target.out.is_local
     needed = check_room(plan=plan, target=target, model=model, config=config, state=state)
     with write_errors(out=out, local=local, needed=needed), target.staging() as work:
@@ -454,6 +467,6 @@ def _run_planned(
                 buildings=buildings, plan=plan, model=model, workdir=work, timestamp=target.input_modified
             )
         return publish_scene(
-            plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings),
-            seconds=timer.seconds, workdir=work, target=target, state=state,
+            plan=plan, model=model, config=config, stats=stats, buildings=buildings,
+            seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
         )  # fmt: skip

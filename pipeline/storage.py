@@ -375,6 +375,21 @@ def remove_tree(location: Location) -> None:
         raise _storage_error(location, "delete", exc) from exc
 
 
+def remove_file(location: Location) -> None:
+    """Delete one file or object (missing is fine)."""
+    try:
+        if location.is_local:
+            Path(location.path).unlink(missing_ok=True)
+            return
+        fs = filesystem(location)
+        if fs.exists(location.path):
+            fs.rm(location.path)
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        raise _storage_error(location, "delete", exc) from exc
+
+
 def upload(local: Path, target: Location) -> None:
     """Copy a finished local file to ``target``: a local rename, or one S3 upload."""
     with _write_errors(target, "write"):

@@ -81,13 +81,25 @@ def staging_dir(out_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: probability.tif stores p * 255 as uint8: value * PROBABILITY_SCALE + 0 is the probability.
+PROBABILITY_SCALE = 1 / 255
+MASK_DESCRIPTION = "building mask: 1 building, 0 background, 255 nodata"
+
+
+def probability_description(name: str) -> str:
+    """A probability band's description, e.g. ``building probability``."""
+    return f"{name} probability"
+
+
 @dataclass
 class CogSink:
     """Streams ``probability`` and ``mask`` rows into scratch GeoTIFFs, then makes COGs.
 
-    ``probability.tif`` is uint8 0-255 with an internal nodata mask;
-    ``mask.tif`` is uint8 0/1 with nodata 255. Both carry the input's CRS,
-    transform, width and height.
+    ``probability.tif`` is uint8 0-255 with an internal nodata mask, one band per class
+    that the stitcher blends (``classes``: building, then the boundary or contact class
+    that splits touching buildings), each with its description and scale 1/255, offset 0;
+    ``mask.tif`` is uint8 0/1 with nodata 255. Both carry the input's CRS, transform,
+    width and height.
     """
 
     workdir: Path
@@ -96,16 +108,16 @@ class CogSink:
     height: int
     width: int
     channels: int = 1
+    classes: tuple[str, ...] = ("building", "boundary")
     rows_written: int = 0
     _prob: Any = field(init=False, repr=False)
     _mask: Any = field(init=False, repr=False)
-    _boundary: Any = field(init=False, repr=False, default=None)
 
-    def _profile(self, *, nodata: int | None) -> dict[str, Any]:
+    def _profile(self, *, nodata: int | None, count: int = 1) -> dict[str, Any]:
         return {
             "driver": "GTiff",
             "dtype": "uint8",
-            "count": 1,
+            "count": count,
             "height": self.height,
             "width": self.width,
             "crs": self.crs,
@@ -116,23 +128,25 @@ class CogSink:
             "compress": "deflate",
             "nodata": nodata,
             "BIGTIFF": "IF_SAFER",
+            # GDAL 3.10's threaded compression of a multi-band file with an internal mask races
+            # ("Bad value 1 for ExtraSamples tag" now and then): compress those in one thread
+            **({"NUM_THREADS": "1"} if count > 1 else {}),
         }
 
     def __post_init__(self) -> None:
         with rasterio.Env(**GDAL_ENV):
             self._prob = rasterio.open(
-                self.workdir / "probability.scratch.tif", "w", **self._profile(nodata=None)
-            )
+                self.workdir / "probability.scratch.tif", "w",
+                **self._profile(nodata=None, count=self.channels),
+            )  # fmt: skip
+            for band in range(1, self.channels + 1):
+                self._prob.set_band_description(band, probability_description(self.classes[band - 1]))
+            self._prob.scales = (PROBABILITY_SCALE,) * self.channels
+            self._prob.offsets = (0.0,) * self.channels
             self._mask = rasterio.open(
                 self.workdir / "mask.scratch.tif", "w", **self._profile(nodata=MASK_NODATA)
             )
-            if self.channels > 1:
-                self._boundary = rasterio.open(self.boundary_path, "w", **self._profile(nodata=None))
-
-    @property
-    def boundary_path(self) -> Path:
-        """Scratch raster of the boundary-class probability (not an output)."""
-        return self.workdir / "boundary.scratch.tif"
+            self._mask.set_band_description(1, MASK_DESCRIPTION)
 
     def write_rows(
         self,
@@ -145,16 +159,17 @@ class CogSink:
         h = probability.shape[1]
         window = Window(0, row_off, self.width, h)
         with rasterio.Env(**GDAL_ENV):
-            self._prob.write(np.where(valid, probability[0], 0).astype(np.uint8), 1, window=window)
-            if self._boundary is not None:
-                self._boundary.write(np.where(valid, probability[1], 0).astype(np.uint8), 1, window=window)
+            for band in range(self.channels):
+                self._prob.write(
+                    np.where(valid, probability[band], 0).astype(np.uint8), band + 1, window=window
+                )
             self._prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
             self._mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=window)
         self.rows_written = max(self.rows_written, row_off + h)
 
     def close(self) -> None:
         with rasterio.Env(**GDAL_ENV):
-            for ds in (self._prob, self._mask, self._boundary):
+            for ds in (self._prob, self._mask):
                 if ds is not None and not ds.closed:
                     ds.close()
 
@@ -228,8 +243,8 @@ def write_vector(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
-        if driver == "Parquet":
-            frame.to_parquet(tmp, index=False)
+        if driver == "Parquet":  # GeoParquet 1.1, with a bbox covering column for spatial filters
+            frame.to_parquet(tmp, index=False, schema_version="1.1.0", write_covering_bbox=True)
         elif driver == "GeoJSON":
             frame.to_file(tmp, driver=driver, layer=layer, engine="pyogrio", **GEOJSON_OPTIONS)
         else:

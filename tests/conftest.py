@@ -89,3 +89,18 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo scene segmented once per session with the defaults (OUTDIR); skipped without it."""
+    if not DEMO_SCENE.exists():
+        pytest.skip("../shared/data/real is absent (the demo scene)")
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = CliRunner().invoke(app, ["segment", str(DEMO_SCENE), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out

@@ -15,11 +15,13 @@ import pytest
 
 from pipeline.bucket import BucketManifest, plan_bucket, scene_entry
 from pipeline.errors import InputNotFoundError
+from pipeline.outdir import DATA_NAMES, OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
+from tests.stacschemas import validate
 
 REPO = Path(__file__).resolve().parents[1]
 RIO = REAL / "spacenet1_rio" / "3band" / "3band_013022223130_Public_img55.tif"
-DATA = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg")
+DATA = DATA_NAMES  # byte-identical whenever input, model and config are
 
 
 def test_plan_bucket_gives_each_scene_its_folder(tmp_path: Path) -> None:
@@ -134,8 +136,15 @@ def test_a_bucket_run_killed_mid_way_resumes_with_identical_outputs(tmp_path: Pa
     for scene in ("austin", "rio55"):
         for name in DATA:
             assert (out / scene / name).read_bytes() == (reference / scene / name).read_bytes(), (scene, name)
-        assert sorted(p.name for p in (out / scene).iterdir()) == sorted((*DATA, "run.json"))
+        assert sorted(p.name for p in (out / scene).iterdir()) == sorted(OUTPUT_NAMES)
 
     _finish(_bucket_run(inp, out, config, home), home)  # a finished bucket: no inference at all
     again: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     assert again["summary"]["up-to-date"] == 2 and again["tiles_inferred_now"] == 0
+    index = (out / "index.html").read_text()
+    assert 'href="austin/report.html"' in index and 'href="rio55/report.html"' in index
+    collection = json.loads((out / "collection.json").read_text())
+    validate(collection)
+    assert sorted(lk["href"] for lk in collection["links"] if lk["rel"] == "item") == [
+        "./austin/item.json", "./rio55/item.json"
+    ]  # fmt: skip

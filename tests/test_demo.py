@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_config
+from pipeline.outdir import OUTPUT_NAMES
 from pipeline.scene import choose_model, plan_for
 from pipeline.stitch import threshold_u8
 from tests.conftest import DEMO_SCENE, requires_real
@@ -30,9 +31,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_demo_writes_georeferenced_outputs(demo_out: Path) -> None:
-    assert {p.name for p in demo_out.iterdir()} == {
-        "probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json",
-    }  # fmt: skip
+    assert {p.name for p in demo_out.iterdir()} == set(OUTPUT_NAMES)
     with rasterio.open(DEMO_SCENE) as src:
         crs, transform, shape, bounds = src.crs, src.transform, src.shape, src.bounds
     for name in ("probability.tif", "mask.tif"):

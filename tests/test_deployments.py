@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.outdir import OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ EXPECTED = {
     "scheduled": ("flows/segment_bucket.py:segment_bucket_flow", "segment-bucket"),
 }
 HOME_VAR = "FOOTPRINTS_HOME"
-OUTPUTS = {"probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json"}
+OUTPUTS = set(OUTPUT_NAMES)
 WATCH_TIMEOUT_S = 300
 
 

@@ -26,13 +26,13 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import RasterReadError
-from pipeline.outdir import LOCK_NAME, OUTPUT_NAMES
+from pipeline.outdir import DATA_NAMES, LOCK_NAME, OUTPUT_NAMES
 from tests.clitools import error_line
 from tests.conftest import ORIGIN, coordinate_image, write_tif
 from tests.faultcases import CASES
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = OUTPUT_NAMES[:4]
+DATA = DATA_NAMES
 runner = CliRunner()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from pipeline.outdir import OUTPUT_NAMES
 from tests.conftest import coordinate_image, write_tif
 
 pytestmark = pytest.mark.slow
@@ -40,9 +41,14 @@ def test_segment_scene_flow_on_two_workers(prefect_harness: None, tmp_path: Path
 
         counts = client.run(cached_count)
         assert len(counts) == 2 and all(c == 1 for c in counts.values())
-    assert {p.name for p in out.iterdir()} == {
-        "probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json",
-    }  # fmt: skip
+    assert {p.name for p in out.iterdir()} == set(OUTPUT_NAMES)
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("footprints-big")
+    markdown = Artifact.get("footprints-big-report")
+    assert table is not None and table.type == "table" and "buildings" in str(table.data)
+    assert "seconds: infer_stitch" in str(table.data)
+    assert markdown is not None and (out / "report.html").as_uri() in str(markdown.data)
     assert record["counts"]["tiles_skipped"] > 0
     assert record["counts"]["tiles_inferred"] + record["counts"]["tiles_skipped"] == record["counts"]["tiles"]
     assert json.loads((out / "run.json").read_text())["counts"] == record["counts"]

@@ -1,5 +1,5 @@
 """OUTDIR safety: never over the input or another scene's outputs, one run at a time, and a
-scene is "up to date" only while its five outputs are what was published."""
+scene is "up to date" only while its outputs are what was published."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import FootprintsError, OutputBusyError, OutputConflictError, OutputError
-from pipeline.outdir import LOCK_NAME, OUTPUT_NAMES, OutDirLock, check_owner, owner
+from pipeline.outdir import DATA_NAMES, LOCK_NAME, OUTPUT_NAMES, OutDirLock, check_owner, owner
 from pipeline.restart import MANIFEST, state_location
 from pipeline.storage import parse_location
 from tests.clitools import error_line, listing, publish_fake, write_lock
@@ -234,10 +234,10 @@ def test_a_missing_or_changed_output_is_published_again(
     out = tmp_path / "out"
     assert _segment(src, out, config).exit_code == 0
     record = json.loads((out / "run.json").read_text())
-    assert set(record["checksums"]) == set(OUTPUT_NAMES[:4])
+    assert set(record["checksums"]) == set(OUTPUT_NAMES) - {"run.json"}
     assert all(len(c["sha256"]) == 64 for c in record["checksums"].values())
     reference = listing(out)
-    for name in ("mask.tif", "buildings.geojson", "run.json"):
+    for name in ("mask.tif", "buildings.geojson", "quicklook.png", "report.html", "run.json"):
         if damage == "delete":
             (out / name).unlink()
         else:
@@ -248,6 +248,20 @@ def test_a_missing_or_changed_output_is_published_again(
         assert f"warning: {out}: {name} missing or changed since the scene was published" in result.output
         restored = listing(out)
         assert set(restored) == set(OUTPUT_NAMES)
-        data = [n for n in OUTPUT_NAMES if n != "run.json"]
-        assert {n: restored[n] for n in data} == {n: reference[n] for n in data}  # byte-identical
+        assert {n: restored[n] for n in DATA_NAMES} == {n: reference[n] for n in DATA_NAMES}  # byte-identical
     assert "is up to date" in _segment(src, out, config).output
+
+
+def test_turning_the_quicklook_off_removes_it_and_stays_up_to_date(
+    tmp_path: Path, config: Path, cluster: None
+) -> None:
+    src = write_tif(tmp_path / "a.tif", coordinate_image(200, 200))
+    out = tmp_path / "out"
+    assert _segment(src, out, config).exit_code == 0 and (out / "quicklook.png").is_file()
+    off = tmp_path / "off.yaml"
+    off.write_text(config.read_text() + "outputs: {quicklook: false}\n")
+    result = _segment(src, out, off, "--force")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUT_NAMES) - {"quicklook.png"})
+    assert "quicklook: false" in (out / "report.html").read_text()
+    assert "is up to date" in _segment(src, out, off).output

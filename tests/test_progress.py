@@ -81,3 +81,19 @@ def test_without_a_terminal_progress_is_plain_lines(
     steps = [ln for ln in lines if ln.startswith("tiles ")]
     assert len(steps) == total and steps[-1].startswith(f"tiles {total}/{total} (100.0 %)")
     assert "\x1b[" not in result.output  # no terminal: no escape codes
+
+
+def test_on_a_terminal_the_bar_shows_the_time_left() -> None:
+    clock = iter([9.0, 9.81, 10.62, 11.43])
+    text = io.StringIO()
+    console = Console(file=text, width=120, force_terminal=True, color_system=None)
+    reporter = ProgressReporter(console, clock=lambda: next(clock))
+    with reporter:
+        reporter(1, 100)  # the first batch (start-up included): no estimate yet
+        assert reporter.eta_text(1, 100) == "estimating..."
+        reporter(2, 100)  # 0.81 s per tile from here
+        assert reporter.eta_text(2, 100) == "about 1 min 19 s left"  # 98 tiles at 0.81 s
+        reporter(3, 100)
+        reporter._bar.refresh()
+    assert "about 1 min 19 s left" in text.getvalue() or "about 1 min 18 s left" in text.getvalue()
+    assert reporter.eta_text(100, 100) == "done"

@@ -14,6 +14,7 @@ import pytest
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import OutputConflictError
 from pipeline.grid import TileGrid
+from pipeline.outdir import DATA_NAMES, OUTPUT_NAMES
 from pipeline.restart import (
     MANIFEST,
     SKIPPED,
@@ -27,7 +28,7 @@ from pipeline.scene import segment_scene
 from pipeline.storage import parse_location
 from tests.conftest import coordinate_image, write_tif
 
-DATA = ("probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg")
+DATA = DATA_NAMES  # byte-identical whenever input, model and config are
 
 
 def test_config_digest_ignores_where_it_runs_but_not_what_it_computes() -> None:
@@ -144,7 +145,7 @@ def test_resume_reuses_finished_tiles_and_writes_identical_bytes(
     assert again["tiles_reused"] > 0 and 0 < again["tiles_inferred"] < counts["tiles_inferred"]
     assert again["tiles_reused"] + again["tiles_inferred"] + again["tiles_skipped"] == counts["tiles"]
     assert _outputs(out) == reference  # byte-identical to the uninterrupted run
-    assert sorted(p.name for p in out.iterdir()) == sorted((*DATA, "run.json"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
 
     third = segment_scene(input_path=str(scene), out_dir=out, config=config, client=client)
     assert third.skipped and third.record["run_key"] == second.record["run_key"]

@@ -22,13 +22,14 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
+from pipeline.outdir import OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 
 pytestmark = [pytest.mark.slow, requires_real]
 
 RIO = REAL / "spacenet1_rio" / "3band" / "3band_013022223130_Public_img55.tif"
 SECRET = "moto-Secret-Key-4f2a9c"
-OUTPUTS = {"probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json"}
+OUTPUTS = set(OUTPUT_NAMES)
 
 
 def _free_port() -> int:
@@ -101,6 +102,11 @@ def test_bucket_flow_reads_through_vsis3_and_writes_back(
     manifest = json.loads(fs.cat("footprints/buildings/manifest.json"))
     assert [s["scene"] for s in manifest["scenes"]] == ["austin", "rio55"]
     assert manifest["summary"]["done"] == 2
+    assert {"index.html", "collection.json"} <= {p.rsplit("/", 1)[-1] for p in fs.ls("footprints/buildings")}
+    collection = json.loads(fs.cat("footprints/buildings/collection.json"))
+    assert [lk["href"] for lk in collection["links"] if lk["rel"] == "item"] == [
+        "./austin/item.json", "./rio55/item.json"
+    ]  # fmt: skip
     for scene in ("austin", "rio55"):
         names = {p.rsplit("/", 1)[-1] for p in fs.ls(f"footprints/buildings/{scene}")}
         assert names == OUTPUTS  # nothing else, no partial or temporary object

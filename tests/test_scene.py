@@ -1,4 +1,4 @@
-"""End-to-end: the CLI writes exactly five georeferenced, atomic outputs."""
+"""End-to-end: the CLI writes exactly the known outputs, georeferenced, atomic and self-describing."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import rasterio
 import shapely
 from typer.testing import CliRunner
 
+import pipeline
 from pipeline.cli import app
+from pipeline.outdir import OUTPUT_NAMES
 from tests.conftest import UTM_CRS, coordinate_image
 
-OUTPUTS = {"probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "run.json"}
+OUTPUTS = set(OUTPUT_NAMES)
 runner = CliRunner()
 
 
@@ -40,7 +42,7 @@ def scene_run(tmp_path_factory: pytest.TempPathFactory, small_config: Path) -> t
     return src, out
 
 
-def test_exactly_five_outputs(scene_run: tuple[Path, Path]) -> None:
+def test_exactly_the_known_outputs(scene_run: tuple[Path, Path]) -> None:
     _, out = scene_run
     assert {p.name for p in out.iterdir()} == OUTPUTS
 
@@ -70,6 +72,23 @@ def test_run_record(scene_run: tuple[Path, Path]) -> None:
     assert rec["counts"]["tiles_skipped"] >= 1
     assert set(rec["seconds"]) >= {"plan", "infer_stitch", "vectorize", "write_vectors"}
     assert rec["versions"]["torch"] and rec["versions"]["rasterio"]
+    assert rec["footprints_version"] == pipeline.__version__
+    assert rec["started"] <= rec["finished"] and rec["finished"].endswith("Z")
+    assert rec["device"] == "cpu" and rec["devices"][0].startswith("cpu (") and rec["gpus"] == []
+    assert rec["host"]["cpu"] and rec["host"]["cpus"] >= 1 and rec["host"]["name"]
+    assert set(rec["checksums"]) == OUTPUTS - {"run.json"}
+    assert set(rec["summary"]) >= {"buildings", "total_area_m2", "median_area_m2", "nodata_share"}
+    assert rec["summary"]["nodata_share"] == pytest.approx(300 / 700, abs=0.01)
+    assert any("nodata" in w for w in rec["warnings"])
+
+
+def test_probability_bands_describe_themselves(scene_run: tuple[Path, Path]) -> None:
+    _, out = scene_run
+    with rasterio.open(out / "probability.tif") as ds:
+        assert ds.count == 2 and ds.descriptions == ("building probability", "boundary probability")
+        assert ds.scales == pytest.approx((1 / 255, 1 / 255)) and ds.offsets == (0.0, 0.0)
+    with rasterio.open(out / "mask.tif") as ds:
+        assert ds.descriptions[0].startswith("building mask")
 
 
 def test_non_finite_float_pixels_are_nodata_in_every_output(tmp_path: Path, small_config: Path) -> None:
