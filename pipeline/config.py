@@ -76,10 +76,10 @@ class SplitConfig(_Section):
     """Separating touching buildings with the model's boundary or contact class (pipeline.regions)."""
 
     enabled: bool = Field(True, description="Split when the model has a boundary or contact class.")
-    seed_threshold: float = Field(0.6, ge=0.0, le=1.0)
-    boundary_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    seed_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    boundary_threshold: float = Field(0.5, ge=0.0, le=1.0)
     min_seed_m2: float = Field(1.0, ge=0.0, description="Smallest building core kept as a seed (m²).")
-    grow_m: float = Field(2.0, ge=0.0, description="How far seeds grow back over the mask (m).")
+    grow_m: float = Field(4.0, ge=0.0, description="How far seeds grow back over the mask (m).")
 
 
 class VectorizeConfig(_Section):
