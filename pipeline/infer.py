@@ -199,16 +199,16 @@ class CheckpointSource:
         """What the run records of the checkpoint, once its header and tensors were checked here
         (on the client: a bad checkpoint fails before any worker starts)."""
         meta = read_checkpoint_metadata(self.path)
-        match = tensors_match_header(self.path, meta)
-        if match is False:
-            raise CheckpointError(
-                f"{self.path}: its tensors are not the ones its header was written with (a header "
-                "copied onto other weights?); re-save the checkpoint with save_checkpoint"
-            )
-        if match is None:  # written before the digest: check the shapes against a meta-device model
+        if not tensors_match_header(self.path, meta):
+            # no digest (an older checkpoint) or another file's: name what is wrong, with torch
             from pipeline.checkpoint import check_checkpoint
 
             check_checkpoint(self.path)
+            if tensors_match_header(self.path, meta) is False:
+                raise CheckpointError(
+                    f"{self.path}: its tensors are not the ones its header was written with (a "
+                    "header copied onto other weights?); re-save the checkpoint with save_checkpoint"
+                )
         return {
             "id": Path(self.path).stem,
             "sha256": file_sha256(self.path),

@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 import pipeline
 from pipeline.cli import app
+from pipeline.config import load_config
 from pipeline.outdir import OUTPUT_NAMES
+from pipeline.scene import choose_model, probability_classes
 from tests.conftest import UTM_CRS, coordinate_image
 
 OUTPUTS = set(OUTPUT_NAMES)
@@ -85,7 +87,10 @@ def test_run_record(scene_run: tuple[Path, Path]) -> None:
 def test_probability_bands_describe_themselves(scene_run: tuple[Path, Path]) -> None:
     _, out = scene_run
     with rasterio.open(out / "probability.tif") as ds:
-        assert ds.count == 2 and ds.descriptions == ("building probability", "boundary probability")
+        # the shipped model's classes after building: boundary, contact, or both ("separator")
+        classes = probability_classes(choose_model(model_path=None, config=load_config(None)))
+        assert ds.count == 2 and ds.descriptions == tuple(f"{c} probability" for c in classes)
+        assert ds.descriptions[0] == "building probability"
         assert ds.scales == pytest.approx((1 / 255, 1 / 255)) and ds.offsets == (0.0, 0.0)
     with rasterio.open(out / "mask.tif") as ds:
         assert ds.descriptions[0].startswith("building mask")
@@ -114,7 +119,9 @@ def test_non_finite_float_pixels_are_nodata_in_every_output(tmp_path: Path, smal
         assert (values[bad] == mask.nodata).all() and (values[~bad] != mask.nodata).all()
     strip = box(*(ORIGIN * (0, 209)), *(ORIGIN * (300, 100))).buffer(-0.5)
     frame = gpd.read_file(out / "buildings.gpkg")
-    assert not frame.geometry.intersects(strip).any()
+    # no building found in the strip; squaring may move a wall of a building beside it a pixel or two
+    assert not frame.geometry.centroid.within(strip).any()
+    assert (frame.geometry.intersection(strip).area <= 0.01 * frame.geometry.area).all()
 
 
 BAD_CASES = ["missing", "not-raster", "no-crs", "zero-size", "bands"]
