@@ -192,35 +192,41 @@ def mosaic(chips: Sequence[Chip]) -> tuple[NDArray[Any], NDArray[np.bool_], CRS,
     chips are invalid. Where chips overlap, the later one (in name order) wins.
     """
     crs, transform, (height, width) = mosaic_grid(chips)
-    first, _ = _read_rgb(chips[0])
-    bands = np.zeros((3, height, width), first.dtype)
+    bands: NDArray[Any] | None = None
     valid = np.zeros((height, width), bool)
     for chip in chips:
         data, ok = _read_rgb(chip)
+        if bands is None:
+            bands = np.zeros((3, height, width), data.dtype)
         off = _offset(chip, transform)
-        if off is not None:
-            r, c = off
-            h, w = chip.shape
-            r0, c0 = max(r, 0), max(c, 0)
-            r1, c1 = min(r + h, height), min(c + w, width)
-            sub = (slice(r0 - r, r1 - r), slice(c0 - c, c1 - c))
-            bands[:, r0:r1, c0:c1] = np.where(ok[sub], data[(slice(None), *sub)], bands[:, r0:r1, c0:c1])
-            valid[r0:r1, c0:c1] |= ok[sub]
-            continue
-        warped = np.zeros((4, height, width), np.float32)
-        src = np.concatenate([data.astype(np.float32), ok[None].astype(np.float32)])
-        rasterio.warp.reproject(
-            src,
-            warped,
-            src_transform=chip.transform,
-            src_crs=chip.crs,
-            dst_transform=transform,
-            dst_crs=crs,
-            resampling=rasterio.warp.Resampling.bilinear,
-            src_nodata=None,
-            dst_nodata=0,
-        )
-        inside = warped[3] >= 0.999
-        bands[:, inside] = np.round(warped[:3, inside]).astype(bands.dtype)
-        valid |= inside
+        if off is None:  # off the lattice: warp onto the mosaic window the chip covers
+            data, ok, off = _warp(chip, data, ok, transform, crs, (height, width))
+        r, c = off
+        h, w = ok.shape
+        r0, c0 = max(r, 0), max(c, 0)
+        r1, c1 = min(r + h, height), min(c + w, width)
+        sub = (slice(r0 - r, r1 - r), slice(c0 - c, c1 - c))
+        bands[:, r0:r1, c0:c1] = np.where(ok[sub], data[(slice(None), *sub)], bands[:, r0:r1, c0:c1])
+        valid[r0:r1, c0:c1] |= ok[sub]
+    assert bands is not None  # a group has at least one chip
     return bands, valid, crs, transform
+
+
+def _warp(
+    chip: Chip, data: NDArray[Any], ok: NDArray[np.bool_], transform: Affine, crs: CRS, shape: tuple[int, int]
+) -> tuple[NDArray[Any], NDArray[np.bool_], tuple[int, int]]:
+    """The chip warped bilinearly onto the window of the mosaic grid its bounds cover (plus a pixel)."""
+    left, bottom, right, top = chip.bounds
+    col0, row0 = ~transform @ (left, top)
+    col1, row1 = ~transform @ (right, bottom)
+    r0, c0 = max(math.floor(row0) - 1, 0), max(math.floor(col0) - 1, 0)
+    r1, c1 = min(math.ceil(row1) + 1, shape[0]), min(math.ceil(col1) + 1, shape[1])
+    warped = np.zeros((4, r1 - r0, c1 - c0), np.float32)
+    src = np.concatenate([data.astype(np.float32), ok[None].astype(np.float32)])
+    rasterio.warp.reproject(
+        src, warped, src_transform=chip.transform, src_crs=chip.crs,
+        dst_transform=transform @ Affine.translation(c0, r0), dst_crs=crs,
+        resampling=rasterio.warp.Resampling.bilinear, src_nodata=None, dst_nodata=0,
+    )  # fmt: skip
+    inside = warped[3] >= 0.999
+    return np.round(warped[:3]).astype(data.dtype), inside, (r0, c0)

@@ -54,17 +54,18 @@ def classify_errors(
     *,
     pred_idx: NDArray[np.intp],
     truth_idx: NDArray[np.intp],
+    inter: NDArray[np.float64],
     iou: NDArray[np.float64],
     matched_pred: NDArray[np.intp],
     matched_truth: NDArray[np.intp],
 ) -> dict[str, dict[str, int]]:
     """Unmatched truths and predictions by kind (see the module docstring).
 
-    ``pred_idx``, ``truth_idx`` and ``iou`` are every intersecting pair (as
-    :func:`pipeline.evaluate.candidate_ious` gives them); ``matched_*`` the one-to-one matches.
+    ``pred_idx``, ``truth_idx``, ``inter`` (intersection area) and ``iou`` are every intersecting
+    pair (as :func:`pipeline.evaluate.candidate_pairs` gives them); ``matched_*`` the one-to-one
+    matches.
     """
     n_pred, n_truth = pred.size, truth.size
-    inter = shapely.area(shapely.intersection(pred[pred_idx], truth[truth_idx])) if iou.size else iou
     cover_truth = np.divide(inter, shapely.area(truth)[truth_idx], out=np.zeros_like(iou), where=iou > 0)
     cover_pred = np.divide(inter, shapely.area(pred)[pred_idx], out=np.zeros_like(iou), where=iou > 0)
     covers = cover_truth >= COVER  # the prediction covers half of the truth building

@@ -34,8 +34,7 @@ def _ratio(num: int, den: int, *, perfect: bool) -> float:
     return float(num) / float(den)
 
 
-def pixel_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
-    """Precision, recall and IoU from pixel counts (so scenes can be pooled)."""
+def _scores(tp: int, fp: int, fn: int, name: str, num: int, den: int) -> dict[str, float | int]:
     perfect = tp == fp == fn == 0
     return {
         "tp": tp,
@@ -43,21 +42,18 @@ def pixel_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
         "fn": fn,
         "precision": _ratio(tp, tp + fp, perfect=perfect),
         "recall": _ratio(tp, tp + fn, perfect=perfect),
-        "iou": _ratio(tp, tp + fp + fn, perfect=perfect),
+        name: _ratio(num, den, perfect=perfect),
     }
+
+
+def pixel_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
+    """Precision, recall and IoU from pixel counts (so scenes can be pooled)."""
+    return _scores(tp, fp, fn, "iou", tp, tp + fp + fn)
 
 
 def object_scores(*, tp: int, fp: int, fn: int) -> dict[str, float | int]:
     """Precision, recall and F1 from matched-object counts (so scenes can be pooled)."""
-    perfect = tp == fp == fn == 0
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": _ratio(tp, tp + fp, perfect=perfect),
-        "recall": _ratio(tp, tp + fn, perfect=perfect),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn, perfect=perfect),
-    }
+    return _scores(tp, fp, fn, "f1", 2 * tp, 2 * tp + fp + fn)
 
 
 # --------------------------------------------------------------------------- pooling

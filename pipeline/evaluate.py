@@ -60,6 +60,7 @@ __all__ = [
     "LOOSE_IOU_THRESHOLD",
     "Objects",
     "candidate_ious",
+    "candidate_pairs",
     "clean_polygons",
     "evaluate",
     "evaluate_scene",
@@ -91,18 +92,27 @@ def pixel_metrics(
     return pixel_scores(tp=tp, fp=int(np.count_nonzero(p)) - tp, fn=int(np.count_nonzero(t)) - tp)
 
 
-def candidate_ious(
+def candidate_pairs(
     pred: NDArray[np.object_], truth: NDArray[np.object_]
-) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]]:
-    """IoU of every intersecting (prediction, truth) pair, found with an STRtree."""
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    """Every intersecting (prediction, truth) pair, found with an STRtree: indexes, intersection
+    area and IoU."""
     if pred.size == 0 or truth.size == 0:
         empty = np.empty(0, dtype=np.intp)
-        return empty, empty, np.empty(0, dtype=np.float64)
+        return empty, empty, np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
     pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
     inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
     union = shapely.area(pred)[pi] + shapely.area(truth)[ti] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return pi.astype(np.intp), ti.astype(np.intp), iou.astype(np.float64)
+    return pi.astype(np.intp), ti.astype(np.intp), inter.astype(np.float64), iou.astype(np.float64)
+
+
+def candidate_ious(
+    pred: NDArray[np.object_], truth: NDArray[np.object_]
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]]:
+    """IoU of every intersecting (prediction, truth) pair (:func:`candidate_pairs` without areas)."""
+    pi, ti, _, iou = candidate_pairs(pred, truth)
+    return pi, ti, iou
 
 
 def _solve_group(
@@ -162,6 +172,7 @@ class Objects:
     truth: NDArray[np.object_]
     pred_idx: NDArray[np.intp]
     truth_idx: NDArray[np.intp]
+    inter: NDArray[np.float64]
     iou: NDArray[np.float64]
 
     @classmethod
@@ -174,7 +185,7 @@ class Objects:
             pred, truth = frame.to_metric(pred), frame.to_metric(truth)
         pred = pred[shapely.area(pred) >= min_area_m2]
         truth = truth[shapely.area(truth) >= min_area_m2]
-        return cls(pred, truth, *candidate_ious(pred, truth))
+        return cls(pred, truth, *candidate_pairs(pred, truth))
 
     def match(self, iou_threshold: float) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
         """Matched prediction and truth indexes at ``iou_threshold``."""
@@ -252,7 +263,7 @@ def evaluate_scene(
         "polygon": polygon_metrics.summarize(objects.pred[mp], objects.truth[mt]),
         "errors": classify_errors(
             objects.pred, objects.truth, pred_idx=objects.pred_idx, truth_idx=objects.truth_idx,
-            iou=objects.iou, matched_pred=mp, matched_truth=mt,
+            inter=objects.inter, iou=objects.iou, matched_pred=mp, matched_truth=mt,
         ),
     }  # fmt: skip
 

@@ -217,3 +217,27 @@ def test_shipped_chip_scenes_never_share_ground_between_train_and_val() -> None:
             boxes[entry["split"]].append(box.buffer(-1e-7))  # touching edges are not shared ground
     train, val = shapely.union_all(boxes["train"]), shapely.union_all(boxes["val"])
     assert len(boxes["val"]) >= 4 and not train.intersects(val)
+
+
+def test_off_lattice_chips_are_warped_into_their_own_window(tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.transform import Affine
+
+    def chip(name: str, value: int, transform: Affine) -> Path:
+        path = tmp_path / name
+        profile = {"driver": "GTiff", "height": 64, "width": 64, "count": 3, "dtype": "uint8",
+                   "crs": "EPSG:32631", "transform": transform}  # fmt: skip
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(np.full((3, 64, 64), value, np.uint8))
+        return path
+
+    a = chip("a.tif", 100, Affine(1.0, 0, 500000, 0, -1.0, 100064))
+    b = chip("b.tif", 200, Affine(0.9, 0, 500064, 0, -0.9, 100064))  # finer pixels: off the lattice
+    group = group_chips([Chip.open(p, georef="file") for p in (a, b)])[0]
+    bands, valid, _, transform = mosaic(group)
+    assert transform.a == pytest.approx(0.9) and bands.shape == (3, round(64 / 0.9), round(121.6 / 0.9))
+    cols_a = slice(2, round(62 / 0.9))  # a's interior, resampled onto the 0.9 m grid
+    cols_b = slice(round(66 / 0.9), round(120 / 0.9))
+    assert (bands[:, 5:60, cols_a] == 100).all() and (bands[:, 5:60, cols_b] == 200).all()
+    assert valid[5:60, cols_a].all() and valid[5:60, cols_b].all()
+    assert not valid[round(60 / 0.9) :, cols_b].any()  # below b (57.6 m tall): a gap

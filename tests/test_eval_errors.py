@@ -7,14 +7,16 @@ import shapely
 
 from pipeline.eval_errors import classify_errors
 from pipeline.eval_report import pool
-from pipeline.evaluate import candidate_ious, match_one_to_one
+from pipeline.evaluate import candidate_pairs, match_one_to_one
 
 
 def _classify(pred: list[shapely.Polygon], truth: list[shapely.Polygon]) -> dict[str, dict[str, int]]:
     p, t = np.array(pred, dtype=object), np.array(truth, dtype=object)
-    pi, ti, iou = candidate_ious(p, t)
+    pi, ti, inter, iou = candidate_pairs(p, t)
     mp, mt = match_one_to_one(pred_idx=pi, truth_idx=ti, iou=iou)
-    return classify_errors(p, t, pred_idx=pi, truth_idx=ti, iou=iou, matched_pred=mp, matched_truth=mt)
+    return classify_errors(
+        p, t, pred_idx=pi, truth_idx=ti, inter=inter, iou=iou, matched_pred=mp, matched_truth=mt
+    )
 
 
 def test_every_unmatched_building_gets_one_kind() -> None:
