@@ -95,6 +95,11 @@ class VectorizeConfig(_Section):
         15.0, ge=0.0, lt=45.0, description="Edges this close to a wall direction snap to it (degrees)."
     )
     min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
+    scorer: str = Field(
+        "auto",
+        description="False-positive scorer (pipeline.scoring): 'auto' (CKPT.scorer.json beside the "
+        "checkpoint, if any), a path, or 'none'.",
+    )
 
 
 class RestartConfig(_Section):

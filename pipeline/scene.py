@@ -30,6 +30,7 @@ from pipeline.read import RasterInfo, open_raster
 from pipeline.record import run_record, utc_now
 from pipeline.regions import SeedSink
 from pipeline.restart import SceneState
+from pipeline.scoring import ScoreContext, Scorer, resolve_scorer
 from pipeline.stitch import RowSink, Stitcher, TeeSink
 from pipeline.storage import gdal_path, write_json
 from pipeline.target import SceneTarget, display, finished_record, open_state, scene_id
@@ -66,6 +67,7 @@ class ScenePlan:
 class ModelChoice:
     source: ModelSource
     description: dict[str, Any]
+    scorer: Scorer | None = None
 
 
 @dataclass
@@ -161,7 +163,10 @@ def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoi
     desc = src.describe()
     if mc.threshold is not None:
         desc["threshold"] = mc.threshold
-    return ModelChoice(source=src, description=desc)
+    scorer = resolve_scorer(config.vectorize.scorer, checkpoint=desc.get("path"), sha256=desc.get("sha256"))
+    if scorer is not None:
+        desc["scorer"] = {"threshold": scorer.threshold, "notes": scorer.notes}
+    return ModelChoice(source=src, description=desc, scorer=scorer)
 
 
 def _sinks(
@@ -323,13 +328,14 @@ def vectorize_stage(
     state: SceneState | None = None,
 ) -> Buildings:
     """Block-wise polygons of the split regions (or of the mask when there is no split)."""
-    regions = workdir / "regions.scratch.tif"
+    regions, prob = workdir / "regions.scratch.tif", workdir / "probability.tif"
     buildings = vectorize_scene(
         values_path=str(regions if regions.exists() else workdir / "mask.tif"),
-        probability_path=str(workdir / "probability.tif"),
+        probability_path=str(prob),
         scene=plan.scene,
         options=outline_options(config.vectorize),
         block_size=config.vectorize.block_size,
+        scoring=None if model.scorer is None else ScoreContext(str(prob), model.scorer),
     )
     if state is not None:
         state.record_stage("vectorize")

@@ -63,7 +63,7 @@ def write_scene(scene: Scene, folder: Path, *, grayscale: bool = False) -> tuple
     return image_path, label_path
 
 
-def _slug(scene: Scene) -> str:
+def scene_slug(scene: Scene) -> str:
     stem = Path(scene.name).with_suffix("").as_posix().replace("/", "_").replace(" ", "_")
     return f"{scene.source}-{stem}"
 
@@ -86,7 +86,7 @@ def validate(
         scheduler=dc.scheduler, n_workers=dc.n_workers, threads_per_worker=dc.threads_per_worker
     ) as c:
         for scene in dataset.scenes:
-            folder = out_dir / _slug(scene)
+            folder = out_dir / scene_slug(scene)
             image, truth = write_scene(scene, folder, grayscale=grayscale)
             segment_scene(
                 input_path=os.fspath(image), out_dir=folder / "out", config=config,
@@ -96,5 +96,5 @@ def validate(
             sources.append(scene.source)
     report = evaluate(pairs=pairs, sources=sources, min_area_m2=min_area_m2)
     for entry, scene in zip(report["scenes"], dataset.scenes, strict=True):
-        entry["scene"] = _slug(scene)
+        entry["scene"] = scene_slug(scene)
     return report

@@ -24,6 +24,7 @@ from pipeline.geo import MetricFrame, pixel_size_m
 from pipeline.polygonize import Regions, polygonize_blocks
 from pipeline.regularize import polygonal_part, postprocess
 from pipeline.rings import canonical_rings
+from pipeline.scoring import ScoreContext, candidate_features
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Buildings:
     confidence: NDArray[np.float64]
     crs: CRS
     keep: NDArray[np.int64]
+    features: NDArray[np.float64] | None = None  # pipeline.scoring.FEATURES, when scored
 
     def __len__(self) -> int:
         return int(self.geometry.shape[0])
@@ -71,13 +73,16 @@ def buildings_from_regions(
     options: OutlineOptions,
     pixel_m: float | None = None,
     stats_scale: float = 255.0,
+    scoring: ScoreContext | None = None,
 ) -> Buildings:
     """Filter by area (m², after merging) and confidence, then fill holes and square or simplify.
 
     ``min_confidence`` applies where the regions carry probability statistics (their mean
     probability, the delivered ``confidence``). ``area_m2`` is the area of the delivered
     polygon. Buildings that post-processing empties (degenerate slivers, or ones covered by a
-    larger neighbour) are dropped.
+    larger neighbour) are dropped. With ``scoring`` each candidate's features are computed
+    on its raw outline (:mod:`pipeline.scoring`), and its scorer, if any, drops those under
+    its threshold.
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
@@ -87,6 +92,10 @@ def buildings_from_regions(
     keep = np.flatnonzero(area >= options.min_area_m2)
     if options.min_confidence > 0 and regions.mean is not None:
         keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
+    table = None if scoring is None else _score(regions, keep, raw, frame, scoring, stats_scale)
+    if table is not None and scoring is not None and scoring.scorer is not None:
+        passed = scoring.scorer.keep(table)
+        keep, table = keep[passed], table[passed]
     geoms = postprocess(
         raw[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
         simplify_m=options.simplify_m, regularize=options.regularize,
@@ -105,6 +114,22 @@ def buildings_from_regions(
         confidence=mean.astype(np.float64),
         crs=regions.crs,
         keep=keep.astype(np.int64),
+        features=None if table is None else table[alive],
+    )
+
+
+def _score(
+    regions: Regions,
+    keep: NDArray[np.intp],
+    raw: NDArray[np.object_],
+    frame: MetricFrame,
+    scoring: ScoreContext,
+    stats_scale: float,
+) -> NDArray[np.float64]:
+    """The feature table of the candidates ``keep`` (confidence NaN-free: 0 without stats)."""
+    conf = regions.mean[keep] / stats_scale if regions.mean is not None else np.zeros(keep.size)
+    return candidate_features(
+        raw[keep], confidence=conf.astype(np.float64), frame=frame, probability_path=scoring.probability_path
     )
 
 
@@ -115,14 +140,18 @@ def vectorize_scene(
     scene: str,
     options: OutlineOptions,
     block_size: int = 1024,
+    scoring: ScoreContext | None = None,
 ) -> Buildings:
     """Polygonize a mask or region raster block by block into :class:`Buildings`.
 
-    ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building.
+    ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building;
+    ``scoring`` as in :func:`buildings_from_regions`.
     """
     with rasterio.open(values_path) as ds:
         b = ds.bounds
         bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
         pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
     regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
-    return buildings_from_regions(regions, scene=scene, bounds=bounds, options=options, pixel_m=pixel_m)
+    return buildings_from_regions(
+        regions, scene=scene, bounds=bounds, options=options, pixel_m=pixel_m, scoring=scoring
+    )

@@ -21,6 +21,7 @@ import rasterio
 
 from pipeline.config import PipelineConfig, outline_options
 from pipeline.geo import pixel_size_m
+from pipeline.scoring import ScoreContext, Scorer, resolve_scorer
 from pipeline.vectorize import Buildings, vectorize_scene
 from pipeline.write import write_vector
 
@@ -59,6 +60,7 @@ class PublishedScene:
     model_id: str
     config: PipelineConfig
     split: bool
+    scorer: Scorer | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any], config: PipelineConfig | None = None) -> PublishedScene:
@@ -67,11 +69,18 @@ class PublishedScene:
         model = record.get("model") or {}
         classes = set(model.get("classes") or [])
         split = cfg.split.enabled and bool({"boundary", "contact"} & classes)
-        return cls(scene=str(record.get("scene")), model_id=str(model.get("id")), config=cfg, split=split)
+        path, sha = model.get("path"), model.get("sha256")
+        scorer = resolve_scorer(cfg.vectorize.scorer, checkpoint=path, sha256=sha)
+        scene, model_id = str(record.get("scene")), str(model.get("id"))
+        return cls(scene=scene, model_id=model_id, config=cfg, split=split, scorer=scorer)
 
 
-def outdir_buildings(*, out_dir: Path, published: PublishedScene, block_size: int | None = None) -> Buildings:
+def outdir_buildings(
+    *, out_dir: Path, published: PublishedScene, block_size: int | None = None, features: bool = False
+) -> Buildings:
     """The buildings of OUTDIR's ``mask.tif``, split and filtered as the run did.
+
+    ``features`` computes every building's :mod:`pipeline.scoring` features (as its scorer does).
 
     With a boundary or contact class, the regions are rebuilt from ``probability.tif``'s
     second band (:func:`pipeline.regions.split_from_outputs`); the confidence is the mean of
@@ -96,4 +105,5 @@ def outdir_buildings(*, out_dir: Path, published: PublishedScene, block_size: in
         return vectorize_scene(
             values_path=str(values), probability_path=str(prob), scene=published.scene,
             options=outline_options(cfg.vectorize), block_size=block_size or cfg.vectorize.block_size,
+            scoring=ScoreContext(str(prob), published.scorer) if published.scorer or features else None,
         )  # fmt: skip
