@@ -91,7 +91,7 @@ def scene_item(
     epsg = crs.to_epsg()
     ProjectionExtension.add_to(item)
     ProjectionExtension.ext(item).apply(
-        code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else crs.to_wkt(),
+        code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else crs.to_wkt(version="WKT2_2019"),
         shape=[inp["height"], inp["width"]], transform=transform[:6],
     )  # fmt: skip
     RasterExtension.add_to(item)

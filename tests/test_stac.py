@@ -1,4 +1,4 @@
-"""STAC: each scene's item.json and a bucket's collection validate offline (vendored schemas)."""
+"""STAC: each scene's item.json and a bucket's collection validate offline (core and our schemas)."""
 
 from __future__ import annotations
 
