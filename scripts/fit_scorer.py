@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def _scenes(work: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     rows = []
     for folder in sorted(p for p in work.iterdir() if (p / "out" / "run.json").exists()):
         source = (
-            (folder / "source.txt").read_text()
+            (folder / "source.txt").read_text().strip()
             if (folder / "source.txt").exists()
             else folder.name.split("-")[0]
         )
@@ -171,10 +172,13 @@ def fit(args: argparse.Namespace) -> None:
         test = fold[scene_of] == k
         oof[test] = _train(x[~test], y[~test], w[~test]).predict(x[test])
     offsets = np.cumsum([0] + [d["label"].size for _, d in rows])
-    best = max(
-        (macro_f1(rows, [oof[a:b] >= t for a, b in itertools.pairwise(offsets)])[0], t)
+    curve = [
+        (macro_f1(rows, [oof[a:b] >= t for a, b in itertools.pairwise(offsets)])[0], float(t))
         for t in np.round(np.arange(0.05, 0.96, 0.05), 2)
-    )
+    ]
+    print("out-of-fold macro F1 by threshold: " + ", ".join(f"{t:.2f}: {f:.4f}" for f, t in curve))
+    print(f"positives: {int(y.sum())} of {y.size} candidates")
+    best = max(curve)
     conf = [d["features"][:, FEATURES.index("confidence")] >= 0.8 for _, d in rows]
     print(
         f"train (out of fold): scorer macro F1 {best[0]:.4f} at {best[1]}; "
@@ -192,21 +196,40 @@ def fit(args: argparse.Namespace) -> None:
 
 
 def compare(args: argparse.Namespace) -> None:
+    """Macro object F1 on validation: no filter, the confidence filter alone, and the scorer on
+    top of ``--min-confidence``; ``--write-best`` stores the best scorer threshold in the file."""
     rows = _scenes(args.val)
     scorer = Scorer.load(args.scorer)
     conf = [d["features"][:, FEATURES.index("confidence")] for _, d in rows]
     scores = [scorer.score(d["features"]) for _, d in rows]
+    floor = args.min_confidence
+    grid = sorted({*args.thresholds, scorer.threshold})
     table = {
         "no filter": [np.ones(c.size, bool) for c in conf],
-        **{f"confidence >= {t}": [c >= t for c in conf] for t in (0.5, 0.7, 0.8, 0.9)},
-        f"scorer >= {scorer.threshold}": [s >= scorer.threshold for s in scores],
+        **{f"confidence >= {t}": [c >= t for c in conf] for t in (0.7, 0.75, 0.8, 0.85, 0.9)},
+        **{
+            f"confidence >= {floor} and scorer >= {t}": [
+                (s >= t) & (c >= floor) for s, c in zip(scores, conf, strict=True)
+            ]
+            for t in grid
+        },
     }
     sources = sorted({s for s, _ in rows})
     print("| filter | macro F1 | " + " | ".join(sources) + " |")
     print("|---|---|" + "---|" * len(sources))
+    best = (-1.0, 0.0)
     for name, kept in table.items():
         m, per = macro_f1(rows, kept)
         print(f"| {name} | {m:.4f} | " + " | ".join(f"{per[s]:.3f}" for s in sources) + " |")
+        if "scorer" in name:
+            best = max(best, (m, float(name.rsplit(" ", 1)[1])))
+    if args.write_best:
+        notes = (
+            f"{scorer.notes}; threshold {best[1]} chosen on validation with confidence >= {floor} "
+            f"(macro F1 {best[0]:.4f})"
+        )
+        replace(scorer, threshold=best[1], notes=notes).save(args.scorer)
+        print(notes)
 
 
 def main() -> None:
@@ -226,6 +249,9 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("--val", type=Path, required=True)
     c.add_argument("--scorer", type=Path, required=True)
+    c.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6])
+    c.add_argument("--min-confidence", type=float, default=0.8)
+    c.add_argument("--write-best", action="store_true")
     args = p.parse_args()
     {"segment": segment, "fit": fit, "compare": compare}[args.cmd](args)
     print(json.dumps({"done": args.cmd}))
