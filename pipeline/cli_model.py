@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         boundary_dice: Annotated[
             bool, typer.Option("--boundary-dice", help="Add soft Dice to the second class (rare classes).")
         ] = False,
+        loss: Annotated[
+            str, typer.Option("--loss", help="Pixel loss beside Dice: bce, or focal (10 x focal, gamma 2).")
+        ] = "bce",
         workers: Annotated[
             int, typer.Option("--workers", help="Processes cropping batches (0: in the trainer, resumable).")
         ] = 0,
@@ -86,6 +89,7 @@ def register(app: typer.Typer) -> None:
                 init=init,
                 boundary_weight=boundary_weight,
                 boundary_dice=boundary_dice,
+                loss=loss,
                 val_every=val_every,
                 checkpoint_every=checkpoint_every,
                 workers=workers,

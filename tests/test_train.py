@@ -247,6 +247,23 @@ def test_loss_sums_every_separator_channel() -> None:
     assert float(total) == pytest.approx(float(two) + 0.5 * float(third), rel=1e-5)
 
 
+def test_focal_loss_is_ten_times_bce_scaled_by_the_missed_share() -> None:
+    # logit 0 on a building pixel: BCE ln 2, p_t 0.5, focal 10 x 0.25 x ln 2; a confident right
+    # answer (logit 20) costs nothing; with one channel the Dice term is the same for both losses
+    logits = torch.tensor([[[[0.0, 20.0]]]])
+    target = torch.tensor([[[[1, 1]]]], dtype=torch.uint8)
+    _, bce = segmentation_loss(logits, target)
+    _, focal = segmentation_loss(logits, target, loss="focal")
+    assert float(bce["bce"]) == pytest.approx(np.log(2) / 2, rel=1e-5)
+    assert float(focal["bce"]) == pytest.approx(10 * 0.25 * np.log(2) / 2, rel=1e-5)
+    assert float(focal["dice"]) == float(bce["dice"])
+
+
+def test_unknown_loss_is_a_config_error(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loss must be one of bce, focal"):
+        train(data=tiny_data, out=tmp_path / "m.safetensors", loss="hinge", **TINY)
+
+
 @pytest.mark.filterwarnings("ignore:tile size 64")
 def test_resume_continues_the_same_run(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
