@@ -95,6 +95,20 @@ class VectorizeConfig(_Section):
         15.0, ge=0.0, lt=45.0, description="Edges this close to a wall direction snap to it (degrees)."
     )
     min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
+    group_m: float = Field(
+        0.0,
+        ge=0.0,
+        description="Buildings closer than this (m) share an orientation when it agrees; 0 = off.",
+    )
+    group_tolerance_deg: float = Field(
+        5.0, ge=0.0, lt=45.0, description="Neighbours' orientations this close (degrees) become one."
+    )
+    rectangle_iou: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="A building becomes its fitted rectangle at this IoU or more; 0 = off.",
+    )
     scorer: str = Field(
         "auto",
         description="False-positive scorer (pipeline.scoring): 'auto' (CKPT.scorer.json beside the "
@@ -125,6 +139,7 @@ def outline_options(vc: VectorizeConfig) -> OutlineOptions:
         min_area_m2=vc.min_area_m2, min_confidence=vc.min_confidence, simplify_m=vc.simplify_m,
         fill_holes_m2=vc.fill_holes_m2,
         regularize=vc.regularize, angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m,
+        group_m=vc.group_m, group_tolerance_deg=vc.group_tolerance_deg, rectangle_iou=vc.rectangle_iou,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from pipeline import polygon_metrics
 from pipeline.eval_errors import KINDS_PRED, KINDS_TRUTH
+from pipeline.reliability import reliability_table
 
 COUNTS = ("tp", "fp", "fn")
 OBJECT_KINDS = ("object", "object_iou25")
@@ -224,11 +225,24 @@ def errors_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def confidence_table(report: dict[str, Any]) -> Table:
+    """``footprints validate``'s reliability table: precision per confidence bin."""
+    rel = report["reliability"]
+    title = (
+        "reliability of `confidence`: precision per bin, buildings vectorized without the confidence "
+        f"filter (delivered: confidence >= {rel['min_confidence']})"
+    )
+    return reliability_table(rel["bins"], title=title)
+
+
 def report_tables(report: dict[str, Any]) -> list[Table]:
-    """With sources: macro and pooled, per source, polygons, errors, per scene; else per scene first."""
+    """With sources: macro and pooled, per source, polygons, errors, per scene; else per scene first.
+    A validation report ends with its reliability table."""
     if "macro" in report:
-        return [
+        tables = [
             headline_table(report), sources_table(report), polygon_table(report),
             errors_table(report), results_table(report),
         ]  # fmt: skip
-    return [results_table(report), polygon_table(report), errors_table(report)]
+    else:
+        tables = [results_table(report), polygon_table(report), errors_table(report)]
+    return tables + ([confidence_table(report)] if "reliability" in report else [])

@@ -40,6 +40,8 @@ from pipeline import polygon_metrics
 from pipeline.errors import ConfigError, EvaluationInputError
 from pipeline.eval_errors import classify_errors
 from pipeline.eval_inputs import (
+    Grid,
+    Labels,
     Polygons,
     clean_polygons,
     extent_warning,
@@ -219,6 +221,36 @@ def object_metrics(
 # --------------------------------------------------------------------------- evaluation
 
 
+@dataclass(frozen=True)
+class SceneInputs:
+    """An OUTDIR and its truth, read and cut to the pixels that have data on both sides."""
+
+    grid: Grid
+    pred: Labels
+    truth: Labels
+    valid: NDArray[np.bool_]
+    frame: MetricFrame
+
+    def scored(self, polys: Polygons) -> NDArray[np.object_]:
+        """Clean polygons whose point on surface lies where both sides have data."""
+        polys = clean_polygons(polys)
+        return polys[in_valid(polys, grid=self.grid, valid=self.valid)]
+
+
+def read_scene(*, pred_dir: Path, truth_path: Path, truth_value: int | None = None) -> SceneInputs:
+    """Read both sides; refuse a pair without a pixel that has data on both."""
+    grid, pred = read_prediction(pred_dir)
+    mask_path = str(pred_dir / "mask.tif")
+    truth = read_truth(truth_path, grid=grid, value=truth_value, pred=mask_path)
+    valid = pred.valid & truth.valid
+    if not valid.any():
+        raise EvaluationInputError(
+            f"{truth_path}: no pixel has data both here and in the prediction {mask_path} (one side is "
+            "nodata wherever they overlap), so nothing can be scored; pass the labels of the same scene"
+        )
+    return SceneInputs(grid, pred, truth, valid, MetricFrame.for_scene(grid.crs, grid.bounds))
+
+
 def evaluate_scene(
     *,
     pred_dir: Path,
@@ -233,31 +265,22 @@ def evaluate_scene(
     left out; a pair without a pixel that has data on both sides is refused. When a label
     raster's extent differs from the prediction's, ``warnings`` says which share was scored.
     """
-    grid, pred = read_prediction(pred_dir)
-    mask_path = str(pred_dir / "mask.tif")
-    truth = read_truth(truth_path, grid=grid, value=truth_value, pred=mask_path)
-    valid = pred.valid & truth.valid
-    if not valid.any():
-        raise EvaluationInputError(
-            f"{truth_path}: no pixel has data both here and in the prediction {mask_path} (one side is "
-            "nodata wherever they overlap), so nothing can be scored; pass the labels of the same scene"
-        )
+    inputs = read_scene(pred_dir=pred_dir, truth_path=truth_path, truth_value=truth_value)
     scene, source = read_scene_name(pred_dir)
-    pred_polys, truth_polys = clean_polygons(pred.polygons), clean_polygons(truth.polygons)
-    pred_polys = pred_polys[in_valid(pred_polys, grid=grid, valid=valid)]
-    truth_polys = truth_polys[in_valid(truth_polys, grid=grid, valid=valid)]
-    frame = MetricFrame.for_scene(grid.crs, grid.bounds)
-    objects = Objects.prepare(pred_polys, truth_polys, min_area_m2=min_area_m2, frame=frame)
+    objects = Objects.prepare(
+        inputs.scored(inputs.pred.polygons), inputs.scored(inputs.truth.polygons), min_area_m2=min_area_m2,
+        frame=inputs.frame,
+    )  # fmt: skip
     mp, mt = objects.match(iou_threshold)
-    warning = extent_warning(truth_path, mask_path, truth.shares)
+    warning = extent_warning(truth_path, str(pred_dir / "mask.tif"), inputs.truth.shares)
     return {
         "scene": scene,
         "pred": str(pred_dir),
         "truth": str(truth_path),
         "input": source,
-        "extent": {"pred_share": truth.shares[0], "truth_share": truth.shares[1]},
+        "extent": {"pred_share": inputs.truth.shares[0], "truth_share": inputs.truth.shares[1]},
         "warnings": [] if warning is None else [warning],
-        "pixel": pixel_metrics(pred.mask, truth.mask, valid),
+        "pixel": pixel_metrics(inputs.pred.mask, inputs.truth.mask, inputs.valid),
         "object": objects.scores(iou_threshold),
         "object_iou25": objects.scores(LOOSE_IOU_THRESHOLD),
         "polygon": polygon_metrics.summarize(objects.pred[mp], objects.truth[mt]),
@@ -266,6 +289,35 @@ def evaluate_scene(
             inter=objects.inter, iou=objects.iou, matched_pred=mp, matched_truth=mt,
         ),
     }  # fmt: skip
+
+
+def confidence_matches(
+    *,
+    pred_dir: Path,
+    truth_path: Path,
+    polygons: Polygons,
+    confidence: NDArray[np.float64],
+    min_area_m2: float = 8.0,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Which of ``polygons`` (scene CRS, e.g. vectorized without the confidence filter) match a
+    true building of the scene, scored exactly as :func:`evaluate_scene` scores the delivered
+    ones. Returns the confidences and match flags of the polygons that were scored."""
+    inputs = read_scene(pred_dir=pred_dir, truth_path=truth_path)
+    polys = np.asarray(polygons, dtype=object).reshape(-1)
+    conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    keep = ~shapely.is_empty(polys) & ~shapely.is_missing(polys)
+    polys, conf = polys[keep], conf[keep]
+    keep = in_valid(polys, grid=inputs.grid, valid=inputs.valid)
+    keep[keep] &= shapely.area(inputs.frame.to_metric(polys[keep])) >= min_area_m2
+    objects = Objects.prepare(
+        polys[keep], inputs.scored(inputs.truth.polygons), min_area_m2=min_area_m2, frame=inputs.frame
+    )
+    if objects.pred.size != int(keep.sum()):
+        raise ValueError("confidence_matches: polygons were dropped by cleaning; pass valid polygons")
+    matched = np.zeros(objects.pred.size, dtype=bool)
+    matched[objects.match(iou_threshold)[0]] = True
+    return conf[keep], matched
 
 
 def _check_params(

@@ -56,13 +56,32 @@ def _redundant(xy: F64, ring: I64) -> Mask:
     return np.asarray(repeated | ((cross == 0.0) & (dot > 0.0)), dtype=np.bool_)
 
 
-def _open_ring_coords(rings: Geoms) -> tuple[F64, I64]:
-    """Coordinates of rings without their closing vertex, and the ring of each."""
-    xy, ring = shapely.get_coordinates(rings, return_index=True)
-    counts = np.bincount(ring, minlength=rings.shape[0])
-    keep = np.ones(ring.shape[0], dtype=np.bool_)
+def open_rings(rings: Geoms) -> tuple[F64, I64, I64, I64]:
+    """Ring coordinates without the closing one: xy, ring index, start and count per ring."""
+    xy, idx = shapely.get_coordinates(rings, return_index=True)
+    counts = np.bincount(idx, minlength=rings.shape[0]).astype(np.int64)
+    keep = np.ones(idx.shape[0], dtype=bool)
     keep[(np.cumsum(counts) - 1)[counts > 0]] = False
-    return xy[keep], ring[keep].astype(np.int64)
+    counts = np.maximum(counts - 1, 0)
+    starts = (np.cumsum(counts) - counts).astype(np.int64)
+    return xy[keep], idx[keep].astype(np.int64), starts, counts
+
+
+def next_in_ring(idx: I64, starts: I64, counts: I64) -> I64:
+    """Global index of the next vertex of the same ring (the last wraps to the first)."""
+    nxt = np.arange(1, idx.shape[0] + 1, dtype=np.int64)
+    last = (starts + counts - 1)[counts > 0]
+    nxt[last] = starts[counts > 0]
+    return nxt
+
+
+def turn(xy: F64, idx: I64, theta: F64, *, back: bool = False) -> F64:
+    """Rotate origin-relative points by -theta of their polygon (by +theta when ``back``)."""
+    c, s = np.cos(theta)[idx], np.sin(theta)[idx]
+    if back:
+        s = -s
+    x, y = xy[:, 0], xy[:, 1]
+    return np.column_stack([c * x + s * y, -s * x + c * y])
 
 
 def drop_redundant_vertices(geoms: Geoms | Sequence[object]) -> Geoms:
@@ -77,7 +96,7 @@ def drop_redundant_vertices(geoms: Geoms | Sequence[object]) -> Geoms:
     rings, owner = shapely.get_rings(geoms[poly], return_index=True)
     if rings.size == 0:
         return out
-    xy, ring = _open_ring_coords(rings)
+    xy, ring, _, _ = open_rings(rings)
     n_rings, n_poly = rings.shape[0], poly.shape[0]
     before = np.bincount(ring, minlength=n_rings)
     drop = _redundant(xy, ring)

@@ -7,11 +7,14 @@ label (pixel metrics, one-to-one object matching at IoU >= 0.5 and polygon metri
 Pixels that are no-data in the image or unlabelled in the truth are left out on both
 sides. Each scene carries its source; the report's headline is ``macro``, the average
 over sources of each source's pooled figures (each source weighs the same), then
-``overall`` (pooled over all scenes) and ``sources`` (pooled per source).
+``overall`` (pooled over all scenes) and ``sources`` (pooled per source). ``reliability``
+tabulates precision against the buildings' ``confidence`` (:mod:`pipeline.reliability`), from
+each scene's buildings vectorized again without the confidence filter.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,14 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from pipeline import reliability
 from pipeline.config import PipelineConfig
 from pipeline.dataset import IGNORE, Scene, load_dataset
 from pipeline.dispatch import connect
-from pipeline.evaluate import evaluate
+from pipeline.evaluate import confidence_matches, evaluate
 from pipeline.sampling import to_grayscale
 from pipeline.scene import segment_scene
+from pipeline.vectors import PublishedScene, outdir_buildings
 
 #: Grid for images without a georeference: UTM 31N near the equator, GSD from the yaml.
 LOCAL_CRS = CRS.from_epsg(32631)
@@ -95,6 +100,27 @@ def validate(
             pairs.append((folder / "out", truth))
             sources.append(scene.source)
     report = evaluate(pairs=pairs, sources=sources, min_area_m2=min_area_m2)
-    for entry, scene in zip(report["scenes"], dataset.scenes, strict=True):
+    for entry, scene, (out, truth) in zip(report["scenes"], dataset.scenes, pairs, strict=True):
         entry["scene"] = scene_slug(scene)
+        entry["reliability"] = scene_reliability(out, truth, config=config, min_area_m2=min_area_m2)
+    report["reliability"] = {
+        "min_confidence": config.vectorize.min_confidence,
+        "bins": reliability.pool([entry["reliability"] for entry in report["scenes"]]),
+    }
     return report
+
+
+def scene_reliability(
+    out: Path, truth: Path, *, config: PipelineConfig, min_area_m2: float
+) -> list[dict[str, Any]]:
+    """Precision per confidence bin of a scene's buildings, vectorized *without* the confidence
+    filter (every other setting as published), matched as ``evaluate`` matches."""
+    record = json.loads((out / "run.json").read_text())
+    vc = config.vectorize.model_copy(update={"min_confidence": 0.0})
+    unfiltered = config.model_copy(update={"vectorize": vc})
+    buildings = outdir_buildings(out_dir=out, published=PublishedScene.from_record(record, unfiltered))
+    conf, matched = confidence_matches(
+        pred_dir=out, truth_path=truth, polygons=buildings.geometry, confidence=buildings.confidence,
+        min_area_m2=min_area_m2,
+    )  # fmt: skip
+    return reliability.reliability(conf, matched)

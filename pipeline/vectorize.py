@@ -11,6 +11,7 @@ the scene id and each building's first pixel. Rings are made canonical first
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,14 @@ from rasterio.crs import CRS
 
 from pipeline.errors import MissingCRSError
 from pipeline.geo import MetricFrame, pixel_size_m
+from pipeline.overlaps import polygonal_part
 from pipeline.polygonize import Regions, polygonize_blocks
-from pipeline.regularize import polygonal_part, postprocess
+from pipeline.postprocess import postprocess
+from pipeline.priors import Priors
 from pipeline.rings import canonical_rings
 from pipeline.scoring import ScoreContext, candidate_features
+
+Outlines = Callable[..., NDArray[np.object_]]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,18 @@ class OutlineOptions:
     regularize: bool = False
     angle_tolerance_deg: float = 15.0
     min_edge_m: float = 0.5
+    group_m: float = 0.0
+    group_tolerance_deg: float = 5.0
+    rectangle_iou: float = 0.0
+
+    @property
+    def priors(self) -> Priors:
+        """The building-shaped priors of the regularizer (:mod:`pipeline.priors`)."""
+        return Priors(
+            group_m=self.group_m,
+            group_tolerance_deg=self.group_tolerance_deg,
+            rectangle_iou=self.rectangle_iou,
+        )
 
 
 def make_ids(scene: str, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.str_]:
@@ -74,6 +91,7 @@ def buildings_from_regions(
     pixel_m: float | None = None,
     stats_scale: float = 255.0,
     scoring: ScoreContext | None = None,
+    outlines: Outlines = postprocess,
 ) -> Buildings:
     """Filter by area (m², after merging) and confidence, then fill holes and square or simplify.
 
@@ -82,7 +100,8 @@ def buildings_from_regions(
     polygon. Buildings that post-processing empties (degenerate slivers, or ones covered by a
     larger neighbour) are dropped. With ``scoring`` each candidate's features are computed
     on its raw outline (:mod:`pipeline.scoring`), and its scorer, if any, drops those under
-    its threshold.
+    its threshold. ``outlines`` is the post-processing (``postprocess``'s signature;
+    ``scripts/compare_regularizers.py`` passes others to compare them).
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
@@ -96,10 +115,11 @@ def buildings_from_regions(
     if table is not None and scoring is not None and scoring.scorer is not None:
         passed = scoring.scorer.keep(table)
         keep, table = keep[passed], table[passed]
-    geoms = postprocess(
+    geoms = outlines(
         raw[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
         simplify_m=options.simplify_m, regularize=options.regularize,
         angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
+        priors=options.priors,
     )  # fmt: skip
     # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
     geoms = polygonal_part(shapely.intersection(geoms, shapely.box(*bounds))) if geoms.size else geoms
@@ -133,6 +153,26 @@ def _score(
     )
 
 
+@dataclass(frozen=True)
+class SceneRegions:
+    """The polygonized regions of a raster, with what :func:`buildings_from_regions` needs."""
+
+    regions: Regions
+    bounds: tuple[float, float, float, float]
+    pixel_m: float | None
+
+
+def scene_regions(*, values_path: str, probability_path: str | None, block_size: int = 1024) -> SceneRegions:
+    """Polygonize a mask or region raster block by block; ``confidence`` statistics from
+    ``probability_path`` (uint8 0-255)."""
+    with rasterio.open(values_path) as ds:
+        b = ds.bounds
+        bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
+        pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
+    regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
+    return SceneRegions(regions=regions, bounds=bounds, pixel_m=pixel_m)
+
+
 def vectorize_scene(
     *,
     values_path: str,
@@ -147,11 +187,7 @@ def vectorize_scene(
     ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building;
     ``scoring`` as in :func:`buildings_from_regions`.
     """
-    with rasterio.open(values_path) as ds:
-        b = ds.bounds
-        bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
-        pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
-    regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
+    sr = scene_regions(values_path=values_path, probability_path=probability_path, block_size=block_size)
     return buildings_from_regions(
-        regions, scene=scene, bounds=bounds, options=options, pixel_m=pixel_m, scoring=scoring
+        sr.regions, scene=scene, bounds=sr.bounds, options=options, pixel_m=sr.pixel_m, scoring=scoring
     )

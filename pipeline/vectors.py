@@ -22,7 +22,7 @@ import rasterio
 from pipeline.config import PipelineConfig, outline_options
 from pipeline.geo import pixel_size_m
 from pipeline.scoring import ScoreContext, Scorer, resolve_scorer
-from pipeline.vectorize import Buildings, vectorize_scene
+from pipeline.vectorize import Buildings, SceneRegions, buildings_from_regions, scene_regions
 from pipeline.write import write_vector
 
 VECTOR_NAMES = ("buildings.geojson", "buildings.gpkg", "buildings.parquet")
@@ -68,23 +68,23 @@ class PublishedScene:
         cfg = config or PipelineConfig.model_validate(record.get("config") or {})
         model = record.get("model") or {}
         classes = set(model.get("classes") or [])
-        split = cfg.split.enabled and bool({"boundary", "contact"} & classes)
+        # runs older than the 2-band probability.tif kept no separator band: their mask is not split
+        banded = "probability_bands" in record
+        split = cfg.split.enabled and bool({"boundary", "contact"} & classes) and banded
         path, sha = model.get("path"), model.get("sha256")
         scorer = resolve_scorer(cfg.vectorize.scorer, checkpoint=path, sha256=sha)
         scene, model_id = str(record.get("scene")), str(model.get("id"))
         return cls(scene=scene, model_id=model_id, config=cfg, split=split, scorer=scorer)
 
 
-def outdir_buildings(
-    *, out_dir: Path, published: PublishedScene, block_size: int | None = None, features: bool = False
-) -> Buildings:
-    """The buildings of OUTDIR's ``mask.tif``, split and filtered as the run did.
-
-    ``features`` computes every building's :mod:`pipeline.scoring` features (as its scorer does).
+def outdir_regions(
+    *, out_dir: Path, published: PublishedScene, block_size: int | None = None
+) -> SceneRegions:
+    """The regions of OUTDIR's ``mask.tif``, split as the run did.
 
     With a boundary or contact class, the regions are rebuilt from ``probability.tif``'s
-    second band (:func:`pipeline.regions.split_from_outputs`); the confidence is the mean of
-    its first band.
+    second band (:func:`pipeline.regions.split_from_outputs`); the confidence statistics
+    are those of its first band.
     """
     from pipeline.regions import split_from_outputs
 
@@ -102,8 +102,24 @@ def outdir_buildings(
                 boundary_threshold=sc.boundary_threshold,
                 min_seed_px=max(1, math.ceil(sc.min_seed_m2 / gsd**2)), grow_px=math.ceil(sc.grow_m / gsd),
             )  # fmt: skip
-        return vectorize_scene(
-            values_path=str(values), probability_path=str(prob), scene=published.scene,
-            options=outline_options(cfg.vectorize), block_size=block_size or cfg.vectorize.block_size,
-            scoring=ScoreContext(str(prob), published.scorer) if published.scorer or features else None,
+        return scene_regions(
+            values_path=str(values), probability_path=str(prob),
+            block_size=block_size or cfg.vectorize.block_size,
         )  # fmt: skip
+
+
+def outdir_buildings(
+    *, out_dir: Path, published: PublishedScene, block_size: int | None = None, features: bool = False
+) -> Buildings:
+    """The buildings of OUTDIR's ``mask.tif``, split and filtered as the run did
+    (:func:`outdir_regions`, then the recorded ``vectorize`` settings and scorer).
+
+    ``features`` computes every building's :mod:`pipeline.scoring` features (as its scorer does).
+    """
+    sr = outdir_regions(out_dir=out_dir, published=published, block_size=block_size)
+    prob = str(out_dir / "probability.tif")
+    return buildings_from_regions(
+        sr.regions, scene=published.scene, bounds=sr.bounds,
+        options=outline_options(published.config.vectorize), pixel_m=sr.pixel_m,
+        scoring=ScoreContext(prob, published.scorer) if published.scorer or features else None,
+    )  # fmt: skip

@@ -52,8 +52,9 @@ from rasterio.features import rasterize
 
 from pipeline.evaluate import candidate_ious
 from pipeline.geo import MetricFrame, reproject
+from pipeline.overlaps import polygonal_part
 from pipeline.polygonize import reference_polygons
-from pipeline.regularize import polygonal_part, postprocess
+from pipeline.postprocess import postprocess
 
 Geoms = NDArray[np.object_]
 REPO = Path(__file__).resolve().parents[1]

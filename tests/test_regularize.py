@@ -16,16 +16,11 @@ from shapely import affinity
 from pipeline.config import REPO_ROOT, PipelineConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.geo import MetricFrame, reproject
+from pipeline.overlaps import remove_overlaps
+from pipeline.polygon_metrics import polygon_iou
 from pipeline.polygonize import reference_polygons
-from pipeline.regularize import (
-    dominant_orientation,
-    estimate_pixel_m,
-    fill_holes,
-    polygon_iou,
-    postprocess,
-    regularize,
-    remove_overlaps,
-)
+from pipeline.postprocess import estimate_pixel_m, fill_holes, postprocess
+from pipeline.regularize import dominant_orientation, regularize
 
 PIXEL = 0.3
 GRID = Affine(PIXEL, 0.0, 600000.0, 0.0, -PIXEL, 3300060.0)
