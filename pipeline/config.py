@@ -95,6 +95,11 @@ class VectorizeConfig(_Section):
         15.0, ge=0.0, lt=45.0, description="Edges this close to a wall direction snap to it (degrees)."
     )
     min_edge_m: float = Field(0.5, ge=0.0, description="Regularized edges shorter than this are merged (m).")
+    orientation: Literal["envelope", "walls"] = Field(
+        "envelope",
+        description="Square each building around its minimum rotated rectangle ('envelope') or the "
+        "direction fitted to its wall pixels ('walls').",
+    )
     group_m: float = Field(
         0.0,
         ge=0.0,
@@ -139,7 +144,8 @@ def outline_options(vc: VectorizeConfig) -> OutlineOptions:
         min_area_m2=vc.min_area_m2, min_confidence=vc.min_confidence, simplify_m=vc.simplify_m,
         fill_holes_m2=vc.fill_holes_m2,
         regularize=vc.regularize, angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m,
-        group_m=vc.group_m, group_tolerance_deg=vc.group_tolerance_deg, rectangle_iou=vc.rectangle_iou,
+        orientation=vc.orientation, group_m=vc.group_m, group_tolerance_deg=vc.group_tolerance_deg,
+        rectangle_iou=vc.rectangle_iou,
     )  # fmt: skip
 
 

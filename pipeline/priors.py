@@ -40,8 +40,10 @@ QUARTER = np.pi / 2.0
 
 @dataclass(frozen=True)
 class Priors:
-    """Which priors the regularizer applies; 0 turns each off."""
+    """Which priors the regularizer applies (0 turns each off), and how it orients a building:
+    ``"envelope"`` (its minimum rotated rectangle) or ``"walls"`` (fitted to its wall pixels)."""
 
+    orientation: str = "envelope"
     group_m: float = 0.0  # buildings closer than this (m) share an orientation
     group_tolerance_deg: float = 5.0  # ... when their orientations differ by at most this
     rectangle_iou: float = 0.0  # a building becomes its fitted rectangle at this IoU or more

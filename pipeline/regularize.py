@@ -5,10 +5,13 @@ building-like outline, in metres:
 
 * Douglas-Peucker (``simplify_m``) gives the main edges; each edge is *supported* by the
   raw pixel edges between its two end vertices (DP keeps a subset of the raw vertices).
-* The orientation theta is :func:`dominant_orientation`'s length-weighted circular mean
-  (angles x4), but of the directions fitted to each edge's support (principal axis of its
+* The orientation theta is the first side of the outline's minimum rotated rectangle
+  (``shapely.oriented_envelope``, the estimator of the rotation error metric), or with
+  ``orientation="walls"`` :func:`dominant_orientation`'s length-weighted circular mean
+  (angles x4) of the directions fitted to each edge's support (principal axis of its
   pixel edges), which are within a fraction of a degree where DP chords between
-  staircase corners are 1-2 degrees off.
+  staircase corners are 1-2 degrees off. The envelope is the default: measured, it is the
+  closer to the true walls (DESIGN.md, "Choosing the regularizer").
 * Building-shaped priors (:mod:`pipeline.priors`, optional): neighbours within
   ``group_m`` whose orientations agree within a tolerance share one orientation, and an
   outline whose moment-fitted rectangle has IoU >= ``rectangle_iou`` with it becomes that
@@ -34,7 +37,7 @@ import shapely
 from numpy.typing import NDArray
 
 from pipeline.overlaps import POLYGON, as_geoms, polygonal_part
-from pipeline.polygon_metrics import polygon_iou
+from pipeline.polygon_metrics import orientation, polygon_iou
 from pipeline.priors import Priors, moment_rectangles, shared_orientations
 from pipeline.rings import next_in_ring, open_rings, turn
 from pipeline.squaring import D, Group, H, Point, V, snap_ring
@@ -214,13 +217,19 @@ def _groups(table: EdgeTable, theta: F64, tolerance_deg: float) -> list[Group]:
 
 
 def _orientations(raw: Geoms, table: EdgeTable, priors: Priors) -> F64:
-    """The fitted orientations, shared between neighbours when ``priors.group_m`` > 0."""
+    """Each polygon's orientation (radians): its minimum rotated rectangle's
+    (``priors.orientation == "envelope"``) or the one fitted to its walls, shared between
+    neighbours when ``priors.group_m`` > 0."""
+    theta = table.theta
+    if priors.orientation == "envelope":
+        envelope = np.radians(orientation(raw))
+        theta = np.where(np.isfinite(envelope), envelope, theta)
     if priors.group_m <= 0:
-        return table.theta
+        return theta
     length = np.hypot(table.chord[:, 0], table.chord[:, 1])
     weight = np.asarray(np.bincount(table.idx, length, minlength=raw.shape[0]), dtype=np.float64)
     return shared_orientations(
-        raw, table.theta, weight=weight, ok=table.ok, distance_m=priors.group_m,
+        raw, theta, weight=weight, ok=table.ok, distance_m=priors.group_m,
         tolerance_deg=priors.group_tolerance_deg,
     )  # fmt: skip
 

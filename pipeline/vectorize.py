@@ -62,6 +62,7 @@ class OutlineOptions:
     regularize: bool = False
     angle_tolerance_deg: float = 15.0
     min_edge_m: float = 0.5
+    orientation: str = "envelope"
     group_m: float = 0.0
     group_tolerance_deg: float = 5.0
     rectangle_iou: float = 0.0
@@ -70,6 +71,7 @@ class OutlineOptions:
     def priors(self) -> Priors:
         """The building-shaped priors of the regularizer (:mod:`pipeline.priors`)."""
         return Priors(
+            orientation=self.orientation,
             group_m=self.group_m,
             group_tolerance_deg=self.group_tolerance_deg,
             rectangle_iou=self.rectangle_iou,

@@ -5,8 +5,8 @@ variant, overlap removal, clipping to the scene; see ``pipeline.postprocess``):
 
 * ``raw``: the pixel outlines, no simplification;
 * ``douglas-peucker``: shapely ``simplify`` at ``--dp-m`` metres;
-* ``ours``: ``pipeline.regularize`` without the building-shaped priors (the squaring of
-  before issue 12);
+* ``ours-walls``: ``pipeline.regularize`` as before issue 12 (oriented by its walls, no priors);
+* ``ours``: the default, oriented by each outline's minimum rotated rectangle, no priors;
 * ``ours+priors``: with shared neighbour orientations and fitted rectangles
   (``--group-m``, ``--group-tolerance-deg``, ``--rectangle-iou``);
 * ``buildingregulariser``: the PyPI package (0.2.5, its defaults, one process), when it is
@@ -57,7 +57,7 @@ from affine import Affine
 from numpy.typing import NDArray
 from rasterio.features import rasterize
 
-from pipeline.config import outline_options
+from pipeline.config import PipelineConfig, outline_options
 from pipeline.eval_report import summarize_scenes
 from pipeline.evaluate import evaluate_scene
 from pipeline.geo import MetricFrame
@@ -138,7 +138,12 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     out = [
         Variant("raw", {"regularize": False, "simplify_m": 0.0}),
         Variant(f"douglas-peucker {args.dp_m} m", {"regularize": False, "simplify_m": args.dp_m}),
-        Variant("ours", {"regularize": True, "group_m": 0.0, "rectangle_iou": 0.0}),
+        Variant(
+            "ours-walls", {"regularize": True, "orientation": "walls", "group_m": 0.0, "rectangle_iou": 0.0}
+        ),
+        Variant(
+            "ours", {"regularize": True, "orientation": "envelope", "group_m": 0.0, "rectangle_iou": 0.0}
+        ),
         Variant("ours+priors", priors),
     ]
     try:
@@ -199,6 +204,14 @@ def vector_truth(folder: Path, work: Path) -> Path | None:
     return path
 
 
+def recorded_config(record: dict[str, Any]) -> PipelineConfig:
+    """The run's config; runs from before the false-positive scorer get none (they had none)."""
+    cfg = PipelineConfig.model_validate(record.get("config") or {})
+    if "scorer" in (record.get("config") or {}).get("vectorize", {}):
+        return cfg
+    return cfg.model_copy(update={"vectorize": cfg.vectorize.model_copy(update={"scorer": "none"})})
+
+
 def run_val(scenes: list[Path], vs: list[Variant], work: Path) -> dict[str, list[dict[str, Any]]]:
     """Validation predictions, scored against the true masks (and, as ``vector:<source>``, against
     the OSM outlines of the scenes that have them)."""
@@ -206,7 +219,7 @@ def run_val(scenes: list[Path], vs: list[Variant], work: Path) -> dict[str, list
     for folder in scenes:
         out = folder / "out"
         record = json.loads((out / "run.json").read_text())
-        published = PublishedScene.from_record(record)
+        published = PublishedScene.from_record(record, recorded_config(record))
         sr = outdir_regions(out_dir=out, published=published)  # split as the run did, where it can
         options = outline_options(published.config.vectorize)
         vectors = vector_truth(folder, work)
@@ -331,7 +344,7 @@ def main() -> None:
         "--window-m", type=float, default=3000.0, help="largest side of a rasterized label set (m)"
     )
     ap.add_argument("--limit", type=int, help="first N validation scenes only")
-    ap.add_argument("--only", help="comma-separated variant names (raw, douglas-peucker, ours, ...)")
+    ap.add_argument("--only", help="comma-separated variant names (raw, douglas-peucker, ours-walls, ...)")
     ap.add_argument("--dp-m", type=float, default=0.5)
     ap.add_argument("--group-m", type=float, default=5.0)
     ap.add_argument("--group-tolerance-deg", type=float, default=5.0)

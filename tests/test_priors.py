@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from shapely import affinity
 
 from pipeline.config import load_config, outline_options
-from pipeline.polygon_metrics import orientation
+from pipeline.polygon_metrics import orientation as orientation_of
 from pipeline.postprocess import postprocess
 from pipeline.priors import Priors, folded_difference, moment_rectangles, shared_orientations
 from pipeline.regularize import regularize
@@ -106,16 +106,18 @@ def noisy_rectangle() -> Geoms:
     return raw
 
 
-def test_slightly_noisy_rectangle_becomes_exactly_four_vertices() -> None:
+@pytest.mark.parametrize("orientation", ["envelope", "walls"])
+def test_slightly_noisy_rectangle_becomes_exactly_four_vertices(orientation: str) -> None:
+    """With either orientation; the envelope's is the bumps' (3° off here), the walls' is within 1°."""
     raw = noisy_rectangle()
     truth = rectangle(17.0, 14.0, 9.0)
-    squared = regularize(raw, min_edge_m=0.5)[0]  # the config's min_edge_m: squaring keeps the jogs
-    assert shapely.get_num_coordinates(squared) > 10
-    out = regularize(raw, min_edge_m=0.5, priors=RECTANGLES)[0]
+    squared = regularize(raw, min_edge_m=0.5, priors=Priors(orientation=orientation))[0]
+    assert shapely.get_num_coordinates(squared) > 10  # the config's min_edge_m: squaring keeps the jogs
+    out = regularize(raw, min_edge_m=0.5, priors=Priors(orientation=orientation, rectangle_iou=0.85))[0]
     assert out.is_valid and shapely.get_num_coordinates(out) == 5  # 4 vertices, closed
     assert np.all(corner_cosines(out) < 1e-9)
-    assert iou(out, truth) > 0.97 > iou(squared, truth)
-    assert float(orientation(np.array([out]))[0]) == pytest.approx(17.0, abs=1.0)
+    assert iou(out, truth) > max(0.94, iou(squared, truth))
+    assert float(orientation_of(np.array([out]))[0]) == pytest.approx(17.0, abs=3.5)
 
 
 def test_an_l_shape_stays_an_l() -> None:

@@ -235,10 +235,14 @@ def test_throughput() -> None:
 def test_config_fields() -> None:
     vc = PipelineConfig().vectorize
     assert (vc.fill_holes_m2, vc.regularize, vc.angle_tolerance_deg, vc.min_edge_m) == (1.0, True, 15.0, 0.5)
+    priors = (vc.orientation, vc.group_m, vc.group_tolerance_deg, vc.rectangle_iou)
+    assert priors == ("envelope", 0.0, 5.0, 0.0)
     cfg = load_config(None, **{"vectorize.regularize": False, "vectorize.min_edge_m": 2.0})
     assert cfg.vectorize.regularize is False and cfg.vectorize.min_edge_m == 2.0
     with pytest.raises(ConfigError):
         load_config(None, **{"vectorize.angle_tolerance_deg": 60.0})
+    with pytest.raises(ConfigError):
+        load_config(None, **{"vectorize.orientation": "north"})
 
 
 def test_default_yaml_matches_model() -> None:

@@ -49,8 +49,17 @@ def test_validate_scores_each_val_scene(tmp_path: Path) -> None:
     for kind, key in (("pixel", "iou"), ("object", "f1"), ("object_iou25", "f1")):
         assert macro[kind][key] == pytest.approx(sum(s[kind][key] for s in report["scenes"]) / 2)
     assert {"c_iou", "polis_m", "max_tangent_deg", "rotation_deg"} <= set(macro["polygon"])
+    # Reliability of confidence: every scene's unfiltered buildings, in bins, pooled over scenes.
+    rel = report["reliability"]
+    assert rel["min_confidence"] == 0.8 and len(rel["bins"]) == 11
+    for i, row in enumerate(rel["bins"]):
+        assert row["count"] == sum(s["reliability"][i]["count"] for s in report["scenes"])
+        assert 0 <= row["matched"] <= row["count"]
+    delivered = sum(s["object"]["tp"] + s["object"]["fp"] for s in report["scenes"])
+    assert sum(r["count"] for r in rel["bins"]) >= delivered  # the filter only removes
     text = result.stdout
     assert text.index("macro") < text.index("pooled") < text.index("per source") < text.index("png-a")
+    assert text.index("png-a") < text.index("reliability")
 
 
 def test_grayscale_writes_one_band_of_luma(tmp_path: Path) -> None:
