@@ -137,8 +137,13 @@ class Scorer:
         """The probability that each row is a real building."""
         if table.shape[0] == 0:
             return np.empty(0)
-        import lightgbm as lgb
-
+        try:
+            import lightgbm as lgb
+        except (ImportError, OSError) as exc:  # OSError: the wheel's libgomp.so.1 is missing
+            raise ConfigError(
+                f"vectorize.scorer: LightGBM cannot be loaded ({exc}); install it with `make venv` "
+                "(and Debian's libgomp1), or set vectorize.scorer: none"
+            ) from exc
         booster = lgb.Booster(model_str=self.model_text)
         return np.asarray(booster.predict(table, num_threads=1), dtype=np.float64)
 
