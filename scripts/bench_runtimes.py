@@ -5,7 +5,8 @@
         [--timing-tiles 8] [--repeats 3] [--json FILE]
 
 For every runtime (``model.runtime``, plus ``torch.compile`` of the channels-last module, which
-is measured only and kept only if it wins):
+is measured only and kept only if it wins, and ``torch-contiguous``, eager PyTorch without
+channels-last, the reference):
 
 * **ms per tile** of the network alone (``Forward``: the same input for all, already normalized
   and resampled to the model's GSD) on 512² model-pixel tiles cut from the validation scenes, at
@@ -143,7 +144,9 @@ def segmenters(model_path: str, names: list[str], threads: int) -> dict[str, Tor
     for name in names:
         t0 = time.perf_counter()
         try:
-            if name == "torch-compile":
+            if name == "torch-contiguous":  # the reference itself: eager without channels-last
+                seg = plain_reference(model_path, threads)
+            elif name == "torch-compile":
                 seg = CheckpointSource(model_path, device="cpu", threads=threads, runtime="torch").load()
                 assert isinstance(seg, TorchSegmenter) and isinstance(seg.model, TorchForward)
                 compiled = torch.compile(seg.model.module, dynamic=False)
@@ -230,10 +233,13 @@ def main() -> None:
     ap.add_argument("--images", help="glob of validation GeoTIFFs instead of --data")
     ap.add_argument("--model", default=None, help="checkpoint (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runtimes", default=",".join(("torch", "torch-compile", *RUNTIMES[1:])))
+    ap.add_argument(
+        "--runtimes", default=",".join(("torch-contiguous", "torch", "torch-compile", *RUNTIMES[1:]))
+    )
     ap.add_argument("--timing-tiles", type=int, default=8, help="512² tiles per round (multiple of 4)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiles-per-scene", type=int, default=0, help="agreement tiles per scene (0: all)")
+    ap.add_argument("--timing-only", action="store_true", help="skip the agreement pass")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -246,7 +252,7 @@ def main() -> None:
     print(f"{len(scenes)} validation scenes, {n_tiles} tiles; threads {args.threads}", file=sys.stderr)
     threshold = float(choose_model(model_path=model_path, config=PipelineConfig()).description["threshold"])
     reference = plain_reference(model_path, args.threads)
-    ref_masks = [masks(reference, s, threshold) for s in scenes]
+    ref_masks = [] if args.timing_only else [masks(reference, s, threshold) for s in scenes]
     print("  reference masks done", file=sys.stderr, flush=True)
     segs = segmenters(model_path, names, args.threads)
     ready = {n: s for n, s in segs.items() if isinstance(s, TorchSegmenter)}
@@ -259,7 +265,9 @@ def main() -> None:
             rows.append({"runtime": name, "error": seg})
             continue
         row = {"runtime": name, "ms_per_tile_b1": times[name][1], "ms_per_tile_b4": times[name][4]}
-        if name == "torch-compile":
+        if args.timing_only:
+            row |= {"iou": None, "worst_scene_iou": None, "agrees": None, "agreement": "not measured"}
+        elif name == "torch-compile":
             row |= logit_agreement(seg, reference, tiles, threshold)
         else:
             row |= agreement(seg, scenes, ref_masks, threshold) | {"agreement": "all tiles"}
@@ -278,15 +286,16 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['scenes']} validation scenes, {report['tiles']} tiles for agreement; "
         f"{report['timing_tiles']} tiles of {TILE}² timed, {report['threads']} threads"
     )
-    print(f"{'runtime':<15}{'ms/tile b1':>11}{'ms/tile b4':>11}{'IoU':>9}{'worst':>9}  agrees")
+    print(f"{'runtime':<15}{'ms/tile b1':>11}{'ms/tile b4':>11}{'IoU':>9}{'worst':>9}  agrees (over)")
     for r in report["rows"]:
         if "error" in r:
             print(f"{r['runtime']:<15}  not run: {r['error']}")
             continue
-        worst = "-" if r["worst_scene_iou"] is None else f"{r['worst_scene_iou']:.4f}"
+        iou, worst = (("-" if v is None else f"{v:.5f}") for v in (r["iou"], r["worst_scene_iou"]))
+        agrees = {True: "yes", False: "no", None: "-"}[r["agrees"]]
         print(
-            f"{r['runtime']:<15}{r['ms_per_tile_b1']:>11.1f}{r['ms_per_tile_b4']:>11.1f}{r['iou']:>9.4f}"
-            f"{worst:>9}  {'yes' if r['agrees'] else 'no'} ({r['agreement']})"
+            f"{r['runtime']:<15}{r['ms_per_tile_b1']:>11.1f}{r['ms_per_tile_b4']:>11.1f}{iou:>9}"
+            f"{worst:>9}  {agrees} ({r['agreement']})"
         )
 
 

@@ -138,9 +138,9 @@ def test_the_pipeline_only_stand_in_never_loads_the_network(monkeypatch: pytest.
 
 
 def test_the_stand_in_is_the_cell_mean_brightness_in_the_models_shape() -> None:
-    x = torch.zeros(1, 3, 32, 48)
-    x[:, :, :16, :16] = 1.0  # one bright 16 px cell
+    x = torch.zeros(1, 3, 32, 48)  # mid-grey: just above the cut
+    x[:, :, :16, :16] = 1.0  # one white 16 px cell
     logits = TrivialForward(classes=3, output_stride=16)(x)
     assert logits.shape == (1, 3, 32, 48)
-    assert logits[0, 0, 4, 4] == pytest.approx(4.0) and logits[0, 0, 28, 44] == pytest.approx(0.0)
+    assert logits[0, 0, 4, 4] == pytest.approx(12 * 1.1) and logits[0, 0, 28, 44] == pytest.approx(12 * 0.1)
     assert (logits[0, 1:] <= -4.0).all()  # separators stay off: the split keeps blobs whole
