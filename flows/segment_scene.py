@@ -151,6 +151,7 @@ def _run_claimed(
         record = publish_task(
             plan=plan, model=model, config=config, stats=stats, buildings=buildings,
             seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
+            cpu_seconds=timer.cpu,
         )  # fmt: skip
     logger.info("wrote %s to %s", ", ".join([*record.get("checksums", {}), "run.json"]), redact(out_dir))
     for warning in record.get("warnings", []):

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from pipeline.config import load_config
 from pipeline.console import friendly_errors
@@ -150,8 +149,9 @@ def bench(
     max_tiles: Annotated[int, typer.Option(help="Tiles for the model-only pass.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Model-only vs end-to-end throughput, seconds per stage and peak RSS."""
-    from pipeline.bench import run_bench
+    """Model-only, end-to-end and pipeline-only throughput on one cluster: CPU seconds per stage,
+    the workers' busy share and peak RSS."""
+    from pipeline.bench import format_report, run_bench
 
     _show_warnings()
     with friendly_errors(err):
@@ -165,16 +165,8 @@ def bench(
     if as_json:
         out.print_json(json.dumps(report))
         return
-    table = Table(title=f"footprints bench: {input}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                table.add_row(f"{key}.{k}", f"{v}")
-        else:
-            table.add_row(key, f"{value}")
-    out.print(table)
+    out.print(f"footprints bench: {input}", highlight=False, soft_wrap=True)
+    out.print(format_report(report), highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("model-stac")

@@ -60,6 +60,11 @@ class ModelConfig(_Section):
     flips: Literal[0, 1, 3] = Field(
         0, description="Test-time flips averaged with each tile: 0, 1 (left-right) or 3 (and up-down)."
     )
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino", "openvino-bf16"] = Field(
+        "auto",
+        description="What runs the network: auto (torch on CUDA, the measured fastest on CPUs), torch, "
+        "onnxruntime, openvino or openvino-bf16 (CPU only).",
+    )
 
 
 class DaskConfig(_Section):

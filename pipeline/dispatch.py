@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,15 @@ class BatchResult:
     skipped: tuple[Tile, ...]
     worker_pid: int
     device: str = ""  # where the model ran (pipeline.hardware.device_label); "" when it did not
+    runtime: str = ""  # what ran it (pipeline.runtimes); "" when it did not
+    #: the task's seconds on the worker, wall and CPU (:data:`TASK_TIMES`)
+    times: tuple[float, ...] = ()
+
+
+#: What :attr:`BatchResult.times` holds, in order: wall seconds of the whole task, of reading
+#: the windows and of inferring them (``Segmenter.predict``), then the worker process's CPU
+#: seconds over the same spans (all its threads: the model's own thread pool included).
+TASK_TIMES = ("task_s", "read_s", "infer_s", "task_cpu_s", "read_cpu_s", "infer_cpu_s")
 
 
 class ModelPlugin(WorkerPlugin):
@@ -152,6 +162,7 @@ def infer_batch(
     """
     if from_cache and cache is not None and (done := _from_cache(tiles, cache)) is not None:
         return done
+    clock = [(time.perf_counter(), time.process_time())]
     pixels, valids, kept, skipped = [], [], [], []
     with rasterio.open(info.path) as ds:
         for tile in tiles:
@@ -162,24 +173,38 @@ def infer_batch(
             pixels.append(px)
             valids.append(valid)
             kept.append(tile)
+    clock.append((time.perf_counter(), time.process_time()))
     results: list[TileResult] = []
-    device = ""
+    device = runtime = ""
     if kept:
         segmenter = cached_segmenter(source)
-        prob = _predict_by_shape(segmenter, pixels, scale=scale)
+        prob = predict_by_shape(segmenter, pixels, scale=scale)
         device = device_label(getattr(segmenter, "device", "cpu"))
+        runtime = str(getattr(segmenter, "runtime", ""))
         for tile, p, valid in zip(kept, prob, valids, strict=True):
             packed = None if valid.all() else np.packbits(valid.ravel())
             results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
+    clock.append((time.perf_counter(), time.process_time()))
     if cache is not None:
         for r in results:
             cache.save(r.tile, r.probability, r.packed_valid)
         for t in skipped:
             cache.save_skipped(t)
-    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid(), device=device)
+    clock.append((time.perf_counter(), time.process_time()))
+    return BatchResult(
+        results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid(), device=device,
+        runtime=runtime, times=_spans(clock),
+    )  # fmt: skip
 
 
-def _predict_by_shape(
+def _spans(clock: list[tuple[float, float]]) -> tuple[float, ...]:
+    """:data:`TASK_TIMES` from the (wall, CPU) readings at the start, after reading, after
+    inferring and at the end of a task."""
+    (w0, c0), (w1, c1), (w2, c2), (w3, c3) = clock
+    return (w3 - w0, w1 - w0, w2 - w1, c3 - c0, c1 - c0, c2 - c1)
+
+
+def predict_by_shape(
     segmenter: Any, pixels: list[NDArray[np.uint8]], *, scale: float
 ) -> list[NDArray[np.uint8]]:
     """Predict tiles in one stack per shape (the last row and column of a grid on the

@@ -23,6 +23,8 @@ from pipeline.files import file_sha256, read_checkpoint_metadata, tensors_match_
 if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
     import torch
 
+    from pipeline.runtimes import Forward
+
 
 class Segmenter(Protocol):
     """Maps uint8 pixels ``(N, 3, H, W)`` to uint8 probabilities ``(N, K, H, W)``.
@@ -87,14 +89,22 @@ def merge_separators(prob: torch.Tensor) -> torch.Tensor:
     return torch.cat([prob[:, :1], prob[:, 1:].amax(dim=1, keepdim=True)], dim=1)
 
 
+def output_stride(model: Any) -> int:
+    """A forward's ``output_stride`` (a bare DeepLabV3 module: its spec's; else 1)."""
+    stride: Any = getattr(model, "output_stride", None)
+    return int(stride or getattr(getattr(model, "spec", None), "output_stride", 1))
+
+
 @dataclass
 class TorchSegmenter:
     """DeepLabV3 (or any logits model) on a device, under ``torch.inference_mode``.
 
     Pixels are scaled to [0, 1] and normalized with the checkpoint's mean and std,
     resampled to the model's GSD (bilinear, antialiased), and the per-class sigmoid
-    probabilities are resampled back to the input window. On CUDA the forward pass
-    runs under fp16 autocast.
+    probabilities are resampled back to the input window. ``model`` is the forward pass
+    of the configured runtime (:mod:`pipeline.runtimes`: PyTorch, ONNX Runtime or
+    OpenVINO); everything else happens here, the same for all of them. On CUDA the
+    pixels go through pinned host memory and the forward pass runs under fp16 autocast.
 
     ``flips`` (0, 1 or 3) averages the probabilities over that many flipped copies as well
     (test-time augmentation, as in the DeepLabV3 paper's evaluation). The input is first padded
@@ -102,18 +112,18 @@ class TorchSegmenter:
     pad it, so a flipped copy computes on the same stride lattice as the original.
     """
 
-    model: torch.nn.Module
+    model: Forward
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
     threads: int | None = None
     flips: int = 0
+    runtime: str = "torch"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.flips not in FLIP_DIMS:
             raise ConfigError(f"model.flips={self.flips}: use 0, 1 or 3 test-time flips")
-        self.model.eval().to(self.device)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -131,8 +141,7 @@ class TorchSegmenter:
         if not dims:
             return self._forward(x)
         height, width = int(x.shape[-2]), int(x.shape[-1])
-        stride = int(getattr(getattr(self.model, "spec", None), "output_stride", 1))
-        x = pad_to_stride(x, stride)
+        x = pad_to_stride(x, output_stride(self.model))
         prob = self._forward(x)
         for d in dims:
             prob = prob + self._forward(x.flip(d)).flip(d)
@@ -142,7 +151,9 @@ class TorchSegmenter:
         """uint8 (N, C, H, W) -> float tensor on the device, scaled to [0, 1] and normalized."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
         x = x.float().div_(255.0)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
@@ -170,29 +181,33 @@ class TorchSegmenter:
 
 @dataclass(frozen=True)
 class CheckpointSource:
-    """Load a safetensors checkpoint (see :mod:`pipeline.checkpoint`)."""
+    """Load a safetensors checkpoint (see :mod:`pipeline.checkpoint`) into ``runtime``
+    (``model.runtime``; see :mod:`pipeline.runtimes`)."""
 
     path: str
     device: str = "auto"
     threads: int | None = None
     flips: int = 0
+    runtime: str = "auto"
 
     def load(self) -> Segmenter:
         import torch
 
-        from pipeline.checkpoint import load_checkpoint
+        from pipeline.runtimes import checkpoint_forward, resolve_runtime
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        loaded = load_checkpoint(self.path)
-        norm = loaded.metadata.get("normalization", {})
+        device = resolve_device(self.device)
+        runtime = resolve_runtime(self.runtime, device)
+        norm = read_checkpoint_metadata(self.path).get("normalization", {})
         return TorchSegmenter(
-            model=loaded.model,
+            model=checkpoint_forward(self.path, runtime=runtime, device=device, threads=self.threads),
             mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
             std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
-            device=resolve_device(self.device),
+            device=device,
             threads=self.threads,
             flips=self.flips,
+            runtime=runtime,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -237,23 +252,32 @@ class UntrainedSource:
     seed: int = 0
     threads: int | None = None
     flips: int = 0
+    runtime: str = "torch"  # or the bench's pipeline-only stand-in; nothing to export without a checkpoint
 
     def load(self) -> Segmenter:
         import torch
 
         from pipeline.model import ModelSpec, build_model
+        from pipeline.runtimes import PIPELINE_ONLY, TrivialForward, torch_forward
 
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)
         spec = ModelSpec(encoder=self.encoder, encoder_weights=None, output_stride=self.output_stride)
+        device = resolve_device(self.device)
+        forward: Forward = (
+            TrivialForward(classes=spec.num_classes, output_stride=spec.output_stride)
+            if self.runtime == PIPELINE_ONLY
+            else torch_forward(build_model(spec), device)
+        )
         return TorchSegmenter(
-            model=build_model(spec),
+            model=forward,
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
-            device=resolve_device(self.device),
+            device=device,
             threads=self.threads,
             flips=self.flips,
+            runtime=self.runtime if self.runtime == PIPELINE_ONLY else "torch",
         )
 
     def describe(self) -> dict[str, Any]:

@@ -381,10 +381,14 @@ class DeepLabV3(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         height, width = int(x.shape[-2]), int(x.shape[-1])
-        x = pad_to_stride(x, self.spec.output_stride)
+        return self.forward_padded(pad_to_stride(x, self.spec.output_stride))[..., :height, :width]
+
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """Logits of an input whose sides are multiples of ``output_stride`` (what
+        :func:`pad_to_stride` gives): the graph that :mod:`pipeline.export` exports, since its
+        shapes stay symbolic there, while the choice of padding mode is made in Python."""
         logits = self.classifier(self.aspp(self.features(x)))
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :height, :width]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_model(spec: ModelSpec) -> DeepLabV3:

@@ -46,7 +46,7 @@ def run_record(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
     n_buildings: int, seconds: dict[str, float], target: SceneTarget, run_key: str | None = None,
     checksums: dict[str, Any] | None = None, started: str | None = None, finished: str | None = None,
-    probability_bands: list[str] | None = None,
+    probability_bands: list[str] | None = None, cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     info = plan.info
     return {
@@ -55,6 +55,7 @@ def run_record(
         "started": started,
         "finished": finished or utc_now(),
         **summarize_devices(stats.devices),
+        "runtime": ", ".join(stats.runtimes) or None,
         "host": host_summary(),
         "run_key": run_key,
         "owner": owner(scene=target.input.url, config_sha256=config_digest(config)),
@@ -74,5 +75,6 @@ def run_record(
                    "batches": stats.batches,
                    "buildings": n_buildings},
         "seconds": seconds,
+        "cpu_seconds": {"client": cpu_seconds or {}, "workers": stats.worker_times},
         "versions": package_versions(),
     }  # fmt: skip

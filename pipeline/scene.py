@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, default_checkpoint, outline_options
 from pipeline.describe import describe_scene
-from pipeline.dispatch import BatchResult, active_client, connect, run_batches
+from pipeline.dispatch import TASK_TIMES, BatchResult, active_client, connect, run_batches
 from pipeline.errors import Interrupted, NoDataError
 from pipeline.geo import pixel_size_m
 from pipeline.grid import TileGrid, lattice_step
@@ -72,15 +72,19 @@ class ModelChoice:
 
 @dataclass
 class StageTimer:
+    """Wall seconds per stage, and this process's CPU seconds over the same spans (``cpu``)."""
+
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c0, 3)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,9 @@ class StitchStats:
     peak_rows: int
     tiles_reused: int = 0
     devices: tuple[str, ...] = ()  # where the model ran (pipeline.hardware.device_label)
+    runtimes: tuple[str, ...] = ()  # what ran it (pipeline.runtimes)
+    #: the workers' seconds summed over the tasks (pipeline.dispatch.TASK_TIMES)
+    worker_times: dict[str, float] = field(default_factory=dict)
 
 
 def plan_scene(
@@ -150,7 +157,7 @@ def choose_model(*, model_path: str | None, config: PipelineConfig) -> ModelChoi
     threads = max(1, (os.cpu_count() or 1) // config.dask.n_workers)
     if path is not None:
         src: CheckpointSource | UntrainedSource = CheckpointSource(
-            path=str(path), device=mc.device, threads=threads, flips=mc.flips
+            path=str(path), device=mc.device, threads=threads, flips=mc.flips, runtime=mc.runtime
         )
     else:
         src = UntrainedSource(
@@ -198,10 +205,16 @@ class _BatchFeeder:
     progress: ProgressFn | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"inferred": 0, "skipped": 0, "reused": 0})
     devices: set[str] = field(default_factory=set)
+    runtimes: set[str] = field(default_factory=set)
+    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TASK_TIMES, 0.0))
 
     def __call__(self, batch: BatchResult) -> None:
         if batch.device:
             self.devices.add(batch.device)
+        if batch.runtime:
+            self.runtimes.add(batch.runtime)
+        for key, value in zip(TASK_TIMES, batch.times, strict=False):
+            self.times[key] += value
         for r in batch.results:
             self.stitcher.add(r.tile, r.probability, r.valid())
         for t in batch.skipped:
@@ -272,14 +285,10 @@ def infer_and_stitch(
         state.record_stage("infer_stitch")
     n = feed.counts
     return StitchStats(
-        len(grid),
-        n["inferred"],
-        n["skipped"],
-        n_batches,
-        stitcher.peak_rows,
-        n["reused"],
-        tuple(sorted(feed.devices)),
-    )
+        len(grid), n["inferred"], n["skipped"], n_batches, stitcher.peak_rows, n["reused"],
+        tuple(sorted(feed.devices)), tuple(sorted(feed.runtimes)),
+        {k: round(v, 3) for k, v in feed.times.items()},
+    )  # fmt: skip
 
 
 def _no_data(info: RasterInfo) -> NoDataError:
@@ -357,7 +366,7 @@ def write_vectors_stage(
 def publish_scene(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
     buildings: Buildings, seconds: dict[str, float], workdir: Path, target: SceneTarget,
-    state: SceneState | None = None, started: str | None = None,
+    state: SceneState | None = None, started: str | None = None, cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Describe the scene (quicklook, report, STAC item), write ``run.json`` and move the staged
     outputs to the target, ``run.json`` last.
@@ -366,17 +375,18 @@ def publish_scene(
     once complete. ``run.json`` records the SHA-256 of every other output; the restart
     manifest, marked complete last, records all of them (see :func:`finished_record`).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     channels = 2 if splits(model, config) else 1
     record = run_record(
         plan=plan, model=model, config=config, stats=stats, n_buildings=len(buildings), seconds=dict(seconds),
         target=target, run_key=state.key if state is not None else None, started=started,
-        probability_bands=list(probability_classes(model)[:channels]),
+        probability_bands=list(probability_classes(model)[:channels]), cpu_seconds=dict(cpu_seconds or {}),
     )  # fmt: skip
     record = describe_scene(
         record=record, buildings=buildings, info=plan.info, config=config, workdir=workdir
     )
     record["seconds"]["describe"] = round(time.perf_counter() - t0, 3)
+    record["cpu_seconds"]["client"]["describe"] = round(time.process_time() - c0, 3)
     write_json(workdir / "run.json", record)
     outputs, checksums = publish_outputs(workdir, target.out, record["checksums"])
     if state is not None:
@@ -401,18 +411,20 @@ def segment_scene(
     client: Any | None = None,
     force: bool = False,
     on_plan: Callable[[ScenePlan], None] | None = None,
+    model: ModelChoice | None = None,
 ) -> SceneResult:
     """Run the whole job for one scene and publish its outputs into ``out_dir``.
 
     ``input_path`` and ``out_dir`` may be local paths, ``file://`` or ``s3://`` URLs.
     A rerun resumes from the tiles a crashed attempt finished, and a scene already
     published under the same input, model and config is not run again (unless ``force``).
-    ``on_plan`` sees the plan before any tile is dispatched. Ctrl-C raises
+    ``on_plan`` sees the plan before any tile is dispatched; ``model`` replaces the one
+    :func:`choose_model` would choose (``footprints bench``'s stand-in). Ctrl-C raises
     :class:`~pipeline.errors.Interrupted` with the number of finished tiles kept.
     """
     timer, started = StageTimer(), utc_now()
     with timer.stage("plan"):
-        model = choose_model(model_path=model_path, config=config)
+        model = model or choose_model(model_path=model_path, config=config)
         target = SceneTarget.resolve(input_url=input_path, out_url=out_dir)
     with target.claim(config, force=force):
         with timer.stage("plan"):
@@ -475,4 +487,5 @@ def _run_planned(
         return publish_scene(
             plan=plan, model=model, config=config, stats=stats, buildings=buildings,
             seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
+            cpu_seconds=timer.cpu,
         )  # fmt: skip

@@ -9,6 +9,12 @@ tree. This writes, into an ignored folder:
   lacks, downloaded from PyPI here.
 
 Usage: ``.venv/bin/python scripts/gpu_prepare.py [--data configs/dataset.yaml] [--quality 88]``
+
+``--bench`` prepares ``scripts/gpu_bench.sh`` instead: ``.gpu/bench/`` gets the demo scene and
+``site.tar.xz``, the packages a ``footprints bench`` run imports that the machine lacks (GDAL
+through rasterio and pyogrio, Dask, the geometry stack, pydantic, pystac), installed for its
+Python 3.12 and packed with xz: as wheels they are about 90 MB, over the 64 MiB that travel,
+and the GDAL libraries that rasterio and pyogrio each bundle compress together.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 LIMIT_MB = 64 * 1.048576  # 64 MiB: working tree and carried folders together
 #: What pipeline.train and pipeline.datapack import beyond the machine's own packages (KINDS.md).
 WHEELS = (
@@ -30,6 +37,15 @@ WHEELS = (
     "affine==3.0.1",
 )
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+#: What a footprints bench run imports that the machine's image lacks (KINDS.md's package list);
+#: versions from requirements.lock.
+BENCH_PACKAGES = (
+    "rasterio", "affine", "cligj", "click-plugins", "pyogrio", "pyproj", "shapely", "geopandas",
+    "dask", "distributed", "partd", "locket", "zict", "tblib", "tornado",
+    "pydantic", "pydantic_core", "annotated-types", "typing-inspection",
+    "boto3", "botocore", "jmespath", "s3transfer", "segmentation_models_pytorch", "lazy-importer",
+    "truststore", "orjson",
+)  # fmt: skip
 
 
 def download_wheels(folder: Path) -> None:
@@ -39,6 +55,47 @@ def download_wheels(folder: Path) -> None:
     for platform in PLATFORMS:
         command += ["--platform", platform]
     subprocess.run([*command, *WHEELS], check=True)
+
+
+def locked(names: tuple[str, ...]) -> list[str]:
+    """``name==version`` from requirements.lock for ``names``, and every pystac distribution."""
+    pins = dict(
+        line.split("==", 1) for line in (REPO / "requirements.lock").read_text().split() if "==" in line
+    )
+    wanted = [n for n in pins if n in names or n.startswith("pystac")]
+    missing = set(names) - set(pins)
+    if missing:
+        sys.exit(f"requirements.lock has no pin for {sorted(missing)}")
+    return [f"{n}=={pins[n]}" for n in wanted]
+
+
+def pack_site(folder: Path) -> Path:
+    """The bench's packages installed for the GPU machine's Python and packed as one .tar.xz."""
+    import shutil
+    import tarfile
+
+    site = folder / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-compile",
+        "--only-binary=:all:",
+    ]
+    command += ["--python-version", "3.12", "--implementation", "cp", "--target", str(site)]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    subprocess.run([*command, *locked(BENCH_PACKAGES)], check=True)
+    target = folder / "site.tar.xz"
+    with tarfile.open(target, "w:xz", preset=9) as tar:
+        for path in sorted(site.rglob("*"), key=lambda p: (p.suffix, p.name)):  # like files side by side
+            tar.add(path, arcname=str(path.relative_to(site)), recursive=False)
+    shutil.rmtree(site)
+    return target
 
 
 def tree_mb() -> float:
@@ -57,7 +114,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "configs" / "dataset.yaml")
     parser.add_argument("--out", type=Path, default=REPO / ".gpu")
     parser.add_argument("--quality", type=int, default=88, help="JPEG quality of the packed images")
+    parser.add_argument("--bench", action="store_true", help="prepare .gpu/bench/ for gpu_bench.sh instead")
     args = parser.parse_args()
+    if args.bench:
+        prepare_bench(args.out / "bench")
+        return
 
     from pipeline.datapack import write_pack
     from pipeline.dataset import load_dataset
@@ -69,6 +130,22 @@ def main() -> None:
     print(f"{pack}: {pack.stat().st_size / 1e6:.1f} MB; .gpu/ {carried:.1f} MB; with the tree {total:.1f} MB")
     if total > LIMIT_MB:
         sys.exit(f"{total:.1f} MB would travel, over the device tool's {LIMIT_MB:.1f} MB; lower --quality")
+
+
+def prepare_bench(folder: Path) -> None:
+    import shutil
+
+    from peak_rss import DEMO
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(DEMO, folder / DEMO.name)
+    packed = pack_site(folder)
+    carried = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+    total = carried + tree_mb()
+    size = packed.stat().st_size / 1e6
+    print(f"{packed}: {size:.1f} MB; {folder} {carried:.1f} MB; with the tree {total:.1f} MB")
+    if total > LIMIT_MB:
+        sys.exit(f"{total:.1f} MB would travel, over the device tool's {LIMIT_MB:.1f} MB")
 
 
 if __name__ == "__main__":
