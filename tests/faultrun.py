@@ -82,6 +82,9 @@ def _pause(flag: Path) -> None:
 
 
 if __name__ == "__main__":
+    # a shell starts background jobs with SIGINT ignored, and children inherit that; a user's
+    # terminal does not, so restore Python's Ctrl-C handler (else `make test &` fails the test)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install(sys.argv[1])
     sys.argv = ["footprints", *sys.argv[2:]]
     from pipeline.cli import main
