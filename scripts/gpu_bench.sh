@@ -22,8 +22,8 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 
 # The machine's python3 holds torch, but not GDAL, Dask or the geometry stack: unpack what
-# gpu_prepare.py --bench packed (one xz tarball of installed packages: the GDAL libraries that
-# rasterio and pyogrio each bundle compress together).
+# gpu_prepare.py --bench packed (one xz tarball of installed packages; at 68.5 MB it is still over
+# the 64 MiB a call carries: see DESIGN.md, "Performance").
 python3 -c "import tarfile; tarfile.open('.gpu/bench/site.tar.xz').extractall('/tmp/site', filter='tar')"
 export PYTHONPATH="/tmp/site:$PWD"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -13,8 +13,9 @@ Usage: ``.venv/bin/python scripts/gpu_prepare.py [--data configs/dataset.yaml] [
 ``--bench`` prepares ``scripts/gpu_bench.sh`` instead: ``.gpu/bench/`` gets the demo scene and
 ``site.tar.xz``, the packages a ``footprints bench`` run imports that the machine lacks (GDAL
 through rasterio and pyogrio, Dask, the geometry stack, pydantic, pystac), installed for its
-Python 3.12 and packed with xz: as wheels they are about 90 MB, over the 64 MiB that travel,
-and the GDAL libraries that rasterio and pyogrio each bundle compress together.
+Python 3.12 and packed with xz (as wheels they are about 90 MB, over the 64 MiB that travel). It does not
+fit yet: 68.5 MB, since pyogrio 0.13 bundles an 83 MB GDAL 3.12 beside rasterio's GDAL 3.10 (see
+DESIGN.md, "Performance"); the size check below says so.
 """
 
 from __future__ import annotations
