@@ -291,6 +291,41 @@ def evaluate_scene(
     }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class CandidateMatches:
+    """Which candidate polygons were scored, which of those match a true building, and how
+    many true buildings were scored."""
+
+    scored: NDArray[np.bool_]
+    matched: NDArray[np.bool_]
+    n_truth: int
+
+
+def match_candidates(
+    *,
+    pred_dir: Path,
+    truth_path: Path,
+    polygons: Polygons,
+    min_area_m2: float = 8.0,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> CandidateMatches:
+    """Match ``polygons`` (scene CRS, e.g. vectorized without the confidence filter) against
+    the scene's truth exactly as :func:`evaluate_scene` matches the delivered buildings."""
+    inputs = read_scene(pred_dir=pred_dir, truth_path=truth_path)
+    polys = np.asarray(polygons, dtype=object).reshape(-1)
+    scored = ~shapely.is_empty(polys) & ~shapely.is_missing(polys)
+    scored[scored] = in_valid(polys[scored], grid=inputs.grid, valid=inputs.valid)
+    scored[scored] = shapely.area(inputs.frame.to_metric(polys[scored])) >= min_area_m2
+    objects = Objects.prepare(
+        polys[scored], inputs.scored(inputs.truth.polygons), min_area_m2=min_area_m2, frame=inputs.frame
+    )
+    if objects.pred.size != int(scored.sum()):
+        raise ValueError("match_candidates: polygons were dropped by cleaning; pass valid polygons")
+    matched = np.zeros(objects.pred.size, dtype=bool)
+    matched[objects.match(iou_threshold)[0]] = True
+    return CandidateMatches(scored=scored, matched=matched, n_truth=int(objects.truth.size))
+
+
 def confidence_matches(
     *,
     pred_dir: Path,
@@ -300,24 +335,12 @@ def confidence_matches(
     min_area_m2: float = 8.0,
     iou_threshold: float = IOU_THRESHOLD,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Which of ``polygons`` (scene CRS, e.g. vectorized without the confidence filter) match a
-    true building of the scene, scored exactly as :func:`evaluate_scene` scores the delivered
-    ones. Returns the confidences and match flags of the polygons that were scored."""
-    inputs = read_scene(pred_dir=pred_dir, truth_path=truth_path)
-    polys = np.asarray(polygons, dtype=object).reshape(-1)
-    conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
-    keep = ~shapely.is_empty(polys) & ~shapely.is_missing(polys)
-    polys, conf = polys[keep], conf[keep]
-    keep = in_valid(polys, grid=inputs.grid, valid=inputs.valid)
-    keep[keep] &= shapely.area(inputs.frame.to_metric(polys[keep])) >= min_area_m2
-    objects = Objects.prepare(
-        polys[keep], inputs.scored(inputs.truth.polygons), min_area_m2=min_area_m2, frame=inputs.frame
-    )
-    if objects.pred.size != int(keep.sum()):
-        raise ValueError("confidence_matches: polygons were dropped by cleaning; pass valid polygons")
-    matched = np.zeros(objects.pred.size, dtype=bool)
-    matched[objects.match(iou_threshold)[0]] = True
-    return conf[keep], matched
+    """The confidences and match flags of the scored ``polygons`` (:func:`match_candidates`)."""
+    m = match_candidates(
+        pred_dir=pred_dir, truth_path=truth_path, polygons=polygons, min_area_m2=min_area_m2,
+        iou_threshold=iou_threshold,
+    )  # fmt: skip
+    return np.asarray(confidence, dtype=np.float64).reshape(-1)[m.scored], m.matched
 
 
 def _check_params(

@@ -29,6 +29,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,9 @@ class Scorer:
     features: tuple[str, ...] = FEATURES
     notes: str = ""
 
-    def score(self, table: NDArray[np.float64]) -> NDArray[np.float64]:
-        """The probability that each row is a real building."""
-        if table.shape[0] == 0:
-            return np.empty(0)
+    @cached_property
+    def booster(self) -> Any:
+        """The LightGBM booster, parsed from ``model_text`` once per scorer."""
         try:
             import lightgbm as lgb
         except (ImportError, OSError) as exc:  # OSError: the wheel's libgomp.so.1 is missing
@@ -144,8 +144,13 @@ class Scorer:
                 f"vectorize.scorer: LightGBM cannot be loaded ({exc}); install it with `make venv` "
                 "(and Debian's libgomp1), or set vectorize.scorer: none"
             ) from exc
-        booster = lgb.Booster(model_str=self.model_text)
-        return np.asarray(booster.predict(table, num_threads=1), dtype=np.float64)
+        return lgb.Booster(model_str=self.model_text)
+
+    def score(self, table: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The probability that each row is a real building."""
+        if table.shape[0] == 0:
+            return np.empty(0)
+        return np.asarray(self.booster.predict(table, num_threads=1), dtype=np.float64)
 
     def keep(self, table: NDArray[np.float64]) -> NDArray[np.bool_]:
         return self.score(table) >= self.threshold
@@ -197,12 +202,12 @@ class ScoreContext:
 def resolve_scorer(setting: str, *, checkpoint: str | None, sha256: str | None) -> Scorer | None:
     """``vectorize.scorer``: ``none``; ``auto`` (``CKPT.scorer.json`` beside the checkpoint, when
     there is one); or a path. A scorer fitted for another checkpoint is refused."""
-    if setting == "none" or (setting == "auto" and checkpoint is None):
+    if setting == "none":
         return None
-    path = Path(checkpoint).with_suffix(".scorer.json") if setting == "auto" and checkpoint else Path(setting)
-    if not path.is_file():
-        if setting == "auto":
+    if setting == "auto":
+        if checkpoint is None or not (path := Path(checkpoint).with_suffix(".scorer.json")).is_file():
             return None
+    elif not (path := Path(setting)).is_file():
         raise ConfigError(
             f"{path}: vectorize.scorer file not found; give a scorer written by scripts/fit_scorer.py, "
             "'auto' or 'none'"

@@ -113,10 +113,12 @@ def buildings_from_regions(
     keep = np.flatnonzero(area >= options.min_area_m2)
     if options.min_confidence > 0 and regions.mean is not None:
         keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
-    table = None if scoring is None else _score(regions, keep, raw, frame, scoring, stats_scale)
-    if table is not None and scoring is not None and scoring.scorer is not None:
-        passed = scoring.scorer.keep(table)
-        keep, table = keep[passed], table[passed]
+    table = None
+    if scoring is not None:
+        table = _score(regions, keep, raw, frame, scoring, stats_scale)
+        if scoring.scorer is not None:
+            passed = scoring.scorer.keep(table)
+            keep, table = keep[passed], table[passed]
     geoms = outlines(
         raw[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
         simplify_m=options.simplify_m, regularize=options.regularize,

@@ -33,9 +33,7 @@ import itertools
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dataset import load_dataset
 from pipeline.dispatch import connect
-from pipeline.eval_inputs import clean_polygons, in_valid, read_prediction, read_truth
-from pipeline.evaluate import candidate_pairs, match_one_to_one
-from pipeline.geo import MetricFrame
+from pipeline.evaluate import match_candidates
 from pipeline.scene import segment_scene
 from pipeline.scoring import FEATURES, Scorer
 from pipeline.validate import scene_slug, write_scene
@@ -96,22 +94,11 @@ def collect(folder: Path) -> dict[str, np.ndarray]:
     )
     published = PublishedScene.from_record(record, config=cfg)
     b = outdir_buildings(out_dir=out, published=published, features=True)
-    grid, pred = read_prediction(out)
-    truth = read_truth(folder / "truth.tif", grid=grid, pred=str(out / "mask.tif"))
-    valid = pred.valid & truth.valid
-    frame = MetricFrame.for_scene(grid.crs, grid.bounds)
-    geoms = b.geometry
-    sel = in_valid(geoms, grid=grid, valid=valid) & (np.asarray(b.area_m2) >= MIN_AREA_M2)
-    tpolys = clean_polygons(truth.polygons)
-    tpolys = frame.to_metric(tpolys[in_valid(tpolys, grid=grid, valid=valid)])
-    tpolys = tpolys[np.asarray([g.area for g in tpolys]) >= MIN_AREA_M2] if tpolys.size else tpolys
-    pm = frame.to_metric(geoms[sel])
-    pi, ti, _, iou = candidate_pairs(pm, tpolys)
-    mp, _ = match_one_to_one(pred_idx=pi, truth_idx=ti, iou=iou, iou_threshold=0.5)
-    label = np.zeros(pm.size, dtype=bool)
-    label[mp] = True
     assert b.features is not None
-    data = {"features": b.features[sel], "label": label, "n_truth": np.array(tpolys.size)}
+    m = match_candidates(
+        pred_dir=out, truth_path=folder / "truth.tif", polygons=b.geometry, min_area_m2=MIN_AREA_M2
+    )
+    data = {"features": b.features[m.scored], "label": m.matched, "n_truth": np.array(m.n_truth)}
     np.savez(cache, **data)
     return data
 
