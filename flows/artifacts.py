@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.storage import Location, parse_location, redact
+from pipeline.io.storage import Location, parse_location, redact
 
 
 def artifact_key(*parts: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import is_transient
+from pipeline.core.errors import is_transient
 
 #: Environment variable naming an existing Dask scheduler (set on Prefect workers).
 SCHEDULER_ENV = "FOOTPRINTS_DASK_SCHEDULER"

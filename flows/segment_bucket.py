@@ -21,12 +21,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.artifacts import publish_bucket_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from flows.segment_scene import segment_scene_flow
-from pipeline.bucket import BucketManifest, SceneJob, plan_bucket, scene_entry
-from pipeline.bucket_index import write_bucket_index
 from pipeline.config import load_config
-from pipeline.dispatch import shared_client
-from pipeline.errors import FootprintsError
-from pipeline.storage import redact
+from pipeline.core.errors import FootprintsError
+from pipeline.describe.bucket_index import write_bucket_index
+from pipeline.io.storage import redact
+from pipeline.run.bucket import BucketManifest, SceneJob, plan_bucket, scene_entry
+from pipeline.run.dispatch import shared_client
 
 #: Most scenes in flight at once (the task runner's threads).
 MAX_CONCURRENCY = 8

@@ -16,9 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
-from pipeline.record import utc_now
-from pipeline.restart import SceneState
-from pipeline.scene import (
+from pipeline.io.storage import redact
+from pipeline.run.record import utc_now
+from pipeline.run.restart import SceneState
+from pipeline.run.scene import (
     ModelChoice,
     ScenePlan,
     SceneTarget,
@@ -34,8 +35,7 @@ from pipeline.scene import (
     vectorize_stage,
     write_vectors_stage,
 )
-from pipeline.storage import redact
-from pipeline.vectorize import Buildings
+from pipeline.vectorize.buildings import Buildings
 
 IO_TASK: dict[str, Any] = {
     "cache_policy": NO_CACHE, "retries": IO_RETRIES, "retry_delay_seconds": IO_RETRY_DELAYS,

@@ -20,7 +20,7 @@ os.environ.setdefault("GDAL_CACHEMAX", "128")
 
 # /vsis3/ reads a custom S3 endpoint (MinIO, moto) from its own options, not from
 # AWS_ENDPOINT_URL: translate it here, so that Dask workers importing pipeline get it too.
-from pipeline.storage import configure_gdal_s3
+from pipeline.io.storage import configure_gdal_s3
 
 configure_gdal_s3()
 
@@ -30,11 +30,11 @@ __all__ = ["__version__", "build_model", "load_checkpoint"]
 
 def __getattr__(name: str) -> Any:
     if name == "build_model":
-        from pipeline.model import build_model
+        from pipeline.model.deeplab import build_model
 
         return build_model
     if name == "load_checkpoint":
-        from pipeline.checkpoint import load_checkpoint
+        from pipeline.model.checkpoint import load_checkpoint
 
         return load_checkpoint
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

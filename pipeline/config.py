@@ -1,7 +1,7 @@
 """Configuration: pydantic models at the config and flow boundary, loaded from YAML.
 
 Library functions below this layer take plain typed keyword arguments; only the CLI,
-the flows and :mod:`pipeline.scene` see these models.
+the flows and :mod:`pipeline.run.scene` see these models.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import ConfigError, InputNotFoundError
+from pipeline.core.errors import ConfigError, InputNotFoundError
 
 if TYPE_CHECKING:
-    from pipeline.vectorize import OutlineOptions
+    from pipeline.vectorize.buildings import OutlineOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -78,7 +78,7 @@ class DaskConfig(_Section):
 
 
 class SplitConfig(_Section):
-    """Separating touching buildings with the model's boundary or contact class (pipeline.regions)."""
+    """Separating touching buildings with the model's boundary or contact class (pipeline.vectorize.split)."""
 
     enabled: bool = Field(True, description="Split when the model has a boundary or contact class.")
     seed_threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -121,13 +121,13 @@ class VectorizeConfig(_Section):
     )
     scorer: str = Field(
         "auto",
-        description="False-positive scorer (pipeline.scoring): 'auto' (CKPT.scorer.json beside the "
+        description="False-positive scorer (pipeline.vectorize.scoring): 'auto' (CKPT.scorer.json beside the "
         "checkpoint, if any), a path, or 'none'.",
     )
 
 
 class RestartConfig(_Section):
-    """Tile-level restart (see pipeline.restart): state beside OUTDIR, finished tiles reused."""
+    """Tile-level restart (see pipeline.run.restart): state beside OUTDIR, finished tiles reused."""
 
     enabled: bool = Field(True, description="Keep a manifest and reuse finished tiles on a rerun.")
     keep_tiles: bool = Field(False, description="Keep the tile cache after the scene is published.")
@@ -142,8 +142,8 @@ class OutputsConfig(_Section):
 
 
 def outline_options(vc: VectorizeConfig) -> OutlineOptions:
-    """The vectorize: section as the library's :class:`~pipeline.vectorize.OutlineOptions`."""
-    from pipeline.vectorize import OutlineOptions
+    """The vectorize: section as the library's :class:`~pipeline.vectorize.buildings.OutlineOptions`."""
+    from pipeline.vectorize.buildings import OutlineOptions
 
     return OutlineOptions(
         min_area_m2=vc.min_area_m2, min_confidence=vc.min_confidence, simplify_m=vc.simplify_m,

@@ -13,7 +13,7 @@ channels-last, the reference):
   batch 1 and batch 4. The runtimes take turns, ``--repeats`` rounds of each, and the median round
   counts, so a load that comes and goes on the machine weighs on all of them alike;
 * **agreement**: every tile of every validation scene (the pipeline's own grid, tiles read as a
-  run reads them) goes through the whole segmenter (:class:`pipeline.infer.TorchSegmenter`), and the
+  run reads them) goes through the whole segmenter (:class:`pipeline.model.infer.TorchSegmenter`), and the
   building mask at the checkpoint's threshold is compared with PyTorch fp32 eager's (the module as
   trained, contiguous memory, no autocast): pooled IoU over all tiles and the worst scene's IoU.
   A runtime agrees at IoU >= 0.995 (issue 14). ``torch.compile`` compiles once per input shape
@@ -47,10 +47,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import PipelineConfig, default_checkpoint
-from pipeline.infer import CheckpointSource, TorchSegmenter, model_shape
-from pipeline.read import read_tile
-from pipeline.runtimes import RUNTIMES, Forward, TorchForward
-from pipeline.scene import choose_model, plan_for
+from pipeline.io.read import read_tile
+from pipeline.model.infer import CheckpointSource, TorchSegmenter, model_shape
+from pipeline.model.runtimes import RUNTIMES, Forward, TorchForward
+from pipeline.run.scene import choose_model, plan_for
 
 AGREE_IOU = 0.995
 TILE = 512
@@ -67,8 +67,8 @@ def val_images(args: argparse.Namespace, workdir: Path) -> list[tuple[str, Path]
     """(name, GeoTIFF) of every validation scene."""
     if args.images:
         return [(Path(p).parent.name or Path(p).stem, Path(p)) for p in sorted(glob.glob(args.images))]
-    from pipeline.dataset import load_dataset
-    from pipeline.validate import write_scene
+    from pipeline.evaluation.validation import write_scene
+    from pipeline.training.dataset import load_dataset
 
     scenes = load_dataset(args.data, splits=("val",)).scenes
     out = []
@@ -121,7 +121,7 @@ def model_inputs(scenes: list[SceneTiles], segmenter: TorchSegmenter, count: int
 
 def plain_reference(model_path: str, threads: int) -> TorchSegmenter:
     """PyTorch fp32 eager, the module as trained (no channels-last): the reference masks."""
-    from pipeline.checkpoint import load_checkpoint
+    from pipeline.model.checkpoint import load_checkpoint
 
     seg = CheckpointSource(model_path, device="cpu", threads=threads, runtime="torch").load()
     assert isinstance(seg, TorchSegmenter)

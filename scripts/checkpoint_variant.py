@@ -15,8 +15,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model import build_model
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.deeplab import build_model
 
 
 def main() -> None:

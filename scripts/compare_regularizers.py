@@ -1,11 +1,11 @@
 """Compare outline regularizers with the polygon metrics of ``footprints evaluate``, and their speed.
 
 Variants (each runs inside the pipeline's own chain: canonical rings, hole filling, the
-variant, overlap removal, clipping to the scene; see ``pipeline.postprocess``):
+variant, overlap removal, clipping to the scene; see ``pipeline.vectorize.postprocess``):
 
 * ``raw``: the pixel outlines, no simplification;
 * ``douglas-peucker``: shapely ``simplify`` at ``--dp-m`` metres;
-* ``ours-walls``: ``pipeline.regularize`` as before issue 12 (oriented by its walls, no priors);
+* ``ours-walls``: ``pipeline.vectorize.regularize`` as before issue 12 (oriented by its walls, no priors);
 * ``ours``: the default, oriented by each outline's minimum rotated rectangle, no priors;
 * ``ours+priors``: with shared neighbour orientations and fitted rectangles
   (``--group-m``, ``--group-tolerance-deg``, ``--rectangle-iou``);
@@ -18,7 +18,7 @@ Sets (``--sets``):
   ``--val DIR`` (``<scene>/out`` and ``<scene>/truth.tif``): each ``mask.tif`` is split and
   polygonized as ``footprints vectorize OUTDIR/mask.tif`` does (runs older than the 2-band
   ``probability.tif`` are not split), outlined by each variant with the recorded filters
-  (``run.json``), and scored against ``truth.tif`` by ``pipeline.evaluate``;
+  (``run.json``), and scored against ``truth.tif`` by ``pipeline.evaluation.evaluate``;
 * ``masks``: the same scenes' true masks vectorized and post-processed, scored against the
   true masks themselves (a round trip: raw scores 1);
 * ``vectors``: the OSM/GeoJSON outlines of the sources with vector labels, rasterized at
@@ -58,14 +58,14 @@ from numpy.typing import NDArray
 from rasterio.features import rasterize
 
 from pipeline.config import PipelineConfig, outline_options
-from pipeline.eval_report import summarize_scenes
-from pipeline.evaluate import evaluate_scene
-from pipeline.geo import MetricFrame
-from pipeline.overlaps import as_geoms, polygonal_part, remove_overlaps
-from pipeline.postprocess import fill_holes, postprocess
-from pipeline.rings import canonical_rings
-from pipeline.vectorize import OutlineOptions, SceneRegions, buildings_from_regions, scene_regions
-from pipeline.vectors import PublishedScene, buildings_frame, outdir_regions
+from pipeline.core.geo import MetricFrame
+from pipeline.evaluation.evaluate import evaluate_scene
+from pipeline.evaluation.report import summarize_scenes
+from pipeline.io.vectors import PublishedScene, buildings_frame, outdir_regions
+from pipeline.vectorize.buildings import OutlineOptions, SceneRegions, buildings_from_regions, scene_regions
+from pipeline.vectorize.overlaps import as_geoms, polygonal_part, remove_overlaps
+from pipeline.vectorize.postprocess import fill_holes, postprocess
+from pipeline.vectorize.rings import canonical_rings
 
 Geoms = NDArray[np.object_]
 REPO = Path(__file__).resolve().parents[1]

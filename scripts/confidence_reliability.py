@@ -1,7 +1,8 @@
 """The reliability table of ``confidence`` for the OUTDIRs of an earlier ``footprints validate`` run.
 
 ``footprints validate`` prints it for the scenes it segments; this script computes the same
-table (:func:`pipeline.validate.scene_reliability`, then :func:`pipeline.reliability.pool`)
+table (:func:`pipeline.evaluation.validation.scene_reliability`, then
+:func:`pipeline.evaluation.reliability.pool`)
 from a validate output folder without segmenting again: each ``<scene>/out`` is vectorized
 with its recorded config but no confidence filter and matched against ``<scene>/truth.tif``.
 
@@ -16,8 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline import reliability
-from pipeline.validate import scene_reliability
+from pipeline.evaluation import reliability
+from pipeline.evaluation.validation import scene_reliability
 from scripts.compare_regularizers import recorded_config, val_scenes
 
 

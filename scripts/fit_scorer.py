@@ -8,7 +8,7 @@
 seeded subset of the *training* scenes of ``configs/dataset.yaml`` (at most ``--per-source``
 scenes per source), into ``DIR/<scene>/out`` beside each scene's ``truth.tif``; a rerun
 skips the scenes already published. ``fit`` re-vectorizes each of those outputs without the
-confidence filter, computes every candidate's features (:mod:`pipeline.scoring`), labels it
+confidence filter, computes every candidate's features (:mod:`pipeline.vectorize.scoring`), labels it
 by one-to-one matching at IoU 0.5 against the truth (as ``footprints evaluate`` matches),
 fits LightGBM, chooses the score threshold by grouped cross-validation on the training
 scenes (macro object F1 over sources), and writes the scorer. ``compare`` scores the
@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import itertools
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.dataset import load_dataset
-from pipeline.dispatch import connect
-from pipeline.evaluate import match_candidates
-from pipeline.scene import segment_scene
-from pipeline.scoring import FEATURES, Scorer
-from pipeline.validate import scene_slug, write_scene
-from pipeline.vectors import PublishedScene, outdir_buildings
+from pipeline.evaluation.evaluate import match_candidates
+from pipeline.evaluation.validation import scene_slug, write_scene
+from pipeline.io.vectors import PublishedScene, outdir_buildings
+from pipeline.run.dispatch import connect
+from pipeline.run.scene import segment_scene
+from pipeline.training.dataset import load_dataset
+from pipeline.vectorize.scoring import FEATURES, Scorer
 
 MIN_AREA_M2 = 8.0  # as footprints evaluate / validate
 PARAMS = {

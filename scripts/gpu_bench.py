@@ -3,9 +3,9 @@
 Run through ``scripts/gpu_bench.sh`` (which installs the wheels that ``gpu_prepare.py --bench``
 packed); ``--dry-run`` runs the same path on the CPU on a small scene, in the test suite.
 
-For each batch size, ``pipeline.bench.run_bench`` measures model-only, end-to-end and
+For each batch size, ``pipeline.run.bench.run_bench`` measures model-only, end-to-end and
 pipeline-only on one Dask ``LocalCluster`` (one worker on the GPU: channels-last, fp16 autocast,
-pixels through pinned host memory; see ``pipeline.infer.TorchSegmenter``), and a thread samples
+pixels through pinned host memory; see ``pipeline.model.infer.TorchSegmenter``), and a thread samples
 the GPU's utilization through NVML every 0.1 s, so each mode gets its GPU busy %: the mean of
 the samples inside its time window. Results go to ``$OUT/gpu_bench.json`` (and a table on
 stdout). Batch sizes that would start after ``--budget`` seconds are skipped and recorded so.
@@ -79,8 +79,8 @@ def make_scene(args: argparse.Namespace) -> Path:
 
 
 def bench_batch(scene: Path, batch: int, args: argparse.Namespace, sampler: GpuSampler) -> dict[str, Any]:
-    from pipeline.bench import run_bench
     from pipeline.config import load_config
+    from pipeline.run.bench import run_bench
 
     overrides = {"tiling.batch_size": batch, "model.device": args.device, "model.runtime": "torch"}
     config = load_config(REPO / "configs" / "gpu.yaml", **overrides)

@@ -4,7 +4,7 @@ The GPU machine has PyTorch, timm and numpy but no GDAL, no segmentation-models-
 pydantic and no network, and what travels to it is capped at 64 MiB together with the working
 tree. This writes, into an ignored folder:
 
-* ``.gpu/dataset.npz``: the DATASET.yaml's scenes as a datapack (:mod:`pipeline.datapack`);
+* ``.gpu/dataset.npz``: the DATASET.yaml's scenes as a datapack (:mod:`pipeline.training.datapack`);
 * ``.gpu/wheels/``: the pure-Python or cp312 wheels the training code imports that the machine
   lacks, downloaded from PyPI here.
 
@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 LIMIT_MB = 64 * 1.048576  # 64 MiB: working tree and carried folders together
-#: What pipeline.train and pipeline.datapack import beyond the machine's own packages (KINDS.md).
+#: What pipeline.training.train and pipeline.training.datapack import beyond the machine's own
+#: packages (KINDS.md).
 WHEELS = (
     "segmentation_models_pytorch==0.6.0",
     "pydantic==2.14.3",
@@ -121,8 +122,8 @@ def main() -> None:
         prepare_bench(args.out / "bench")
         return
 
-    from pipeline.datapack import write_pack
-    from pipeline.dataset import load_dataset
+    from pipeline.training.datapack import write_pack
+    from pipeline.training.dataset import load_dataset
 
     pack = write_pack(load_dataset(args.data), args.out / "dataset.npz", quality=args.quality)
     download_wheels(args.out / "wheels")

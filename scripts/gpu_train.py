@@ -49,8 +49,8 @@ def _arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = _arguments()
-    from pipeline.checkpoint import load_checkpoint, save_checkpoint
-    from pipeline.train import train
+    from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.training.train import train
 
     device = "cpu" if args.dry_run else "cuda"
     common: dict[str, Any] = {

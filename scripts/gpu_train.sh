@@ -21,7 +21,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
         --minutes 5 --batch-size 2 --crop 64 --workers 1
 fi
 
-# The machine's python3 holds torch; the wheels add what pipeline.train imports besides.
+# The machine's python3 holds torch; the wheels add what pipeline.training.train imports besides.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .gpu/wheels/*.whl
 export PYTHONPATH="/tmp/site:$PWD"

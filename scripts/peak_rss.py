@@ -60,7 +60,16 @@ def main() -> None:
     scene = work / f"mosaic{args.size}.tif"
     if not scene.exists():
         write_mosaic(args.source, scene, args.size)
-    cmd = [sys.executable, "-m", "pipeline.cli", "segment", str(scene), "--out", str(work / "out"), "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli.main",
+        "segment",
+        str(scene),
+        "--out",
+        str(work / "out"),
+        "--force",
+    ]
     if args.config is not None:
         cmd += ["--config", str(args.config)]
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ them with linear ramps over the overlap and prints the IoU of the two building m
 checkpoint's threshold. Inputs are identical and aligned, so whatever disagreement is left
 comes from the tile edges cutting the model's context. ``--flips`` averages the prediction
 over 0, 1 or 3 flipped copies exactly as the pipeline's ``model.flips`` does
-(:meth:`pipeline.infer.TorchSegmenter.probabilities`).
+(:meth:`pipeline.model.infer.TorchSegmenter.probabilities`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import default_checkpoint
-from pipeline.files import read_checkpoint_metadata
-from pipeline.geo import pixel_size_m
-from pipeline.infer import FLIP_DIMS, CheckpointSource, TorchSegmenter, model_shape
+from pipeline.core.geo import pixel_size_m
+from pipeline.model.header import read_checkpoint_metadata
+from pipeline.model.infer import FLIP_DIMS, CheckpointSource, TorchSegmenter, model_shape
 
 DEMO = Path(__file__).resolve().parents[2] / "shared/data/real/inria_austin/images/aerial_sample.tif"
 

@@ -5,7 +5,7 @@
 Predicts every validation scene once (whole scene, resampled to the model's GSD like the
 pipeline does), then scores a grid of (threshold, seed threshold, boundary/contact threshold,
 grow distance, minimum confidence) with the pipeline's own split
-(:func:`pipeline.regions.split_array`), polygonization and one-to-one object matching.
+(:func:`pipeline.vectorize.split.split_array`), polygonization and one-to-one object matching.
 Counts are pooled per source and the headline is the macro average over sources (each
 source weighs the same), as ``footprints validate`` reports it. Prints a Markdown table, best
 macro object F1 first. Whole-scene prediction without regularization approximates the
@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.dataset import IGNORE, load_dataset
-from pipeline.evaluate import object_metrics
-from pipeline.files import read_checkpoint_metadata
-from pipeline.geo import MetricFrame
-from pipeline.infer import CheckpointSource
-from pipeline.polygonize import reference_polygons
-from pipeline.regions import split_array
-from pipeline.validate import scene_grid
+from pipeline.core.geo import MetricFrame
+from pipeline.evaluation.evaluate import object_metrics
+from pipeline.evaluation.validation import scene_grid
+from pipeline.model.header import read_checkpoint_metadata
+from pipeline.model.infer import CheckpointSource
+from pipeline.training.dataset import IGNORE, load_dataset
+from pipeline.vectorize.polygonize import reference_polygons
+from pipeline.vectorize.split import split_array
 
 GRID = {
     "threshold": [0.4, 0.5, 0.6],

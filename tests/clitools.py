@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pipeline.outdir import LOCK_NAME, OUTPUT_NAMES, owner
+from pipeline.run.outdir import LOCK_NAME, OUTPUT_NAMES, owner
 
 
 def error_line(output: str) -> str:

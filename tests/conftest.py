@@ -74,7 +74,7 @@ def make_tif(tmp_path: Path) -> Any:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """One shared Dask cluster (worker processes) for a module's CLI runs, which find it as active."""
-    from pipeline.dispatch import shared_client
+    from pipeline.run.dispatch import shared_client
 
     with shared_client(scheduler=None, n_workers=1):
         yield
@@ -98,7 +98,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("../shared/data/real is absent (the demo scene)")
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     out = tmp_path_factory.mktemp("demo") / "out"
     result = CliRunner().invoke(app, ["segment", str(DEMO_SCENE), "--out", str(out)])

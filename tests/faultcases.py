@@ -1,4 +1,4 @@
-"""The cases of the fault matrix (tests/test_faults.py): one builder per bad input, config,
+"""The cases of the fault matrix (tests/system/test_faults.py): one builder per bad input, config,
 checkpoint, URL and output folder, each returning the CLI call and what its error line must name."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from affine import Affine
 
 from pipeline.config import default_checkpoint
-from pipeline.files import METADATA_KEY, read_checkpoint_metadata
-from pipeline.outdir import LOCK_NAME
+from pipeline.model.header import METADATA_KEY, read_checkpoint_metadata
+from pipeline.run.outdir import LOCK_NAME
 from tests.clitools import publish_fake, write_lock
 from tests.conftest import coordinate_image, write_tif
 
@@ -395,7 +395,7 @@ def _(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     def full(*_: Any, **__: Any) -> None:
         raise rasterio.errors.RasterioIOError("TIFFAppendToStrip: Write error: No space left on device")
 
-    monkeypatch.setattr("pipeline.write.to_cog", full)
+    monkeypatch.setattr("pipeline.io.write.to_cog", full)
     return Case(_segment(_scene(tmp), tmp), str(tmp / "out"), "no space left on /", "free some space")
 
 
@@ -404,7 +404,7 @@ def _(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     def denied(local: Path, target: Any) -> None:
         raise PermissionError(errno.EACCES, "Permission denied", target.path)
 
-    monkeypatch.setattr("pipeline.outdir.upload", denied)
+    monkeypatch.setattr("pipeline.run.outdir.upload", denied)
     return Case(
         _segment(_scene(tmp), tmp), str(tmp / "out"), "cannot write to this output folder", "writable"
     )

@@ -1,4 +1,4 @@
-"""``footprints`` with one fault injected, for the fault tests of tests/test_faults.py.
+"""``footprints`` with one fault injected, for the fault tests of tests/system/test_faults.py.
 
     python -m tests.faultrun FAULT segment INPUT --out OUTDIR ...
 
@@ -11,7 +11,7 @@ FAULT is one of:
 - ``sigint-after-batch:N``: SIGINT to the whole process group after N batches (as Ctrl-C does);
 - ``pause-after-batch:N:FILE``: after N batches, create FILE.ready and wait until FILE exists.
 
-Each hook wraps a function that :mod:`pipeline.scene` or :mod:`pipeline.outdir` looks up at
+Each hook wraps a function that :mod:`pipeline.run.scene` or :mod:`pipeline.run.outdir` looks up at
 call time, so the run is the real one up to the fault.
 """
 
@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pipeline.outdir
-import pipeline.scene
+import pipeline.run.outdir
+import pipeline.run.scene
 
 
 def _after_batches(action: Any) -> None:
     """Call ``action(batch_number, batch)`` after each stitched batch."""
-    feeder = pipeline.scene._BatchFeeder
+    feeder = pipeline.run.scene._BatchFeeder
     original = feeder.__call__
     count = {"n": 0}
 
@@ -52,9 +52,9 @@ def install(fault: str) -> None:
     if kind == "kill-after-batch":
         _after_batches(lambda n, _: _kill_self() if n == int(arg) else None)
     elif kind == "kill-at-vectorize":
-        pipeline.scene.vectorize_stage = lambda **_: _kill_self()  # type: ignore[assignment,misc]
+        pipeline.run.scene.vectorize_stage = lambda **_: _kill_self()  # type: ignore[assignment,misc]
     elif kind == "kill-after-upload":
-        upload, done = pipeline.outdir.upload, {"n": 0}
+        upload, done = pipeline.run.outdir.upload, {"n": 0}
 
         def counted(local: Path, target: Any) -> None:
             upload(local, target)
@@ -62,7 +62,7 @@ def install(fault: str) -> None:
             if done["n"] == int(arg):
                 _kill_self()
 
-        pipeline.outdir.upload = counted
+        pipeline.run.outdir.upload = counted
     elif kind == "kill-worker":
         victims = {int(n) for n in arg.split(",")}
         _after_batches(lambda n, batch: os.kill(batch.worker_pid, signal.SIGKILL) if n in victims else None)
@@ -87,6 +87,6 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
     install(sys.argv[1])
     sys.argv = ["footprints", *sys.argv[2:]]
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     main()

@@ -29,7 +29,7 @@ class Box3x3:
 
 @dataclass(frozen=True)
 class Box3x3Source:
-    """A :class:`pipeline.infer.ModelSource` for :class:`Box3x3`."""
+    """A :class:`pipeline.model.infer.ModelSource` for :class:`Box3x3`."""
 
     def load(self) -> Box3x3:
         return Box3x3()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import REPO_ROOT, PipelineConfig, load_config
-from pipeline.errors import ConfigError, InputNotFoundError
+from pipeline.core.errors import ConfigError, InputNotFoundError
 
 PIPELINE_CONFIGS = sorted(p for p in (REPO_ROOT / "configs").glob("*.yaml") if p.name != "dataset.yaml")
 

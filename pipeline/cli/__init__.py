@@ -1,0 +1,1 @@
+"""The ``footprints`` command line: thin typer adapters over the packages."""

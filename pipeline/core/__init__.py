@@ -1,0 +1,1 @@
+"""Errors, coordinate systems and digests: what every stage shares."""

@@ -1,0 +1,1 @@
+"""Scoring outputs against ground truth, and the validation split run."""

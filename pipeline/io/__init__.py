@@ -1,0 +1,1 @@
+"""Reading inputs, writing COGs and vectors, storage URLs and room to write."""

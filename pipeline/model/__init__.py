@@ -1,0 +1,1 @@
+"""DeepLabV3, its encoders, checkpoints, runtimes and the segmenter that runs it on tiles."""

@@ -1,0 +1,313 @@
+"""Inference: turn batches of uint8 tiles into uint8 building probabilities.
+
+A :class:`Segmenter` is anything that maps ``(N, 3, H, W)`` uint8 pixels to
+``(N, H, W)`` uint8 probabilities (0-255). :class:`TorchSegmenter` wraps DeepLabV3;
+tests swap in deterministic local operators. A :class:`ModelSource` is the small,
+picklable recipe that a Dask worker turns into a segmenter once, and caches.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.model.header import file_sha256, read_checkpoint_metadata, tensors_match_header
+
+if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
+    import torch
+
+    from pipeline.model.runtimes import Forward
+
+
+class Segmenter(Protocol):
+    """Maps uint8 pixels ``(N, 3, H, W)`` to uint8 probabilities ``(N, K, H, W)``.
+
+    Channel 0 is the building probability; a model with separator classes (boundary,
+    contact, or both) adds channel 1, the larger of their probabilities. ``scale`` is the
+    resampling factor from input pixels to model pixels (input GSD / model GSD): the
+    segmenter resamples its input by it and its output back, so callers always see the
+    input grid.
+    """
+
+    def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]: ...
+
+
+class ModelSource(Protocol):
+    """A picklable, hashable recipe for a :class:`Segmenter`."""
+
+    def load(self) -> Segmenter: ...
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+#: Resampling is skipped when input and model GSD agree within this relative tolerance.
+SCALE_TOLERANCE = 0.05
+
+#: Test-time flips by count (``model.flips``): none, left-right, or left-right, up-down and both.
+FLIP_DIMS: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
+
+
+def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
+    if abs(scale - 1.0) <= SCALE_TOLERANCE:
+        return (height, width)
+    return (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
+def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:
+    """Quantize probabilities in [0, 1] to 0-255 with rounding."""
+    import torch
+
+    q = torch.clamp(prob * 255.0 + 0.5, 0, 255).to(torch.uint8)
+    return np.ascontiguousarray(q.cpu().numpy())
+
+
+def merge_separators(prob: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) -> (N, min(K, 2), H, W): building, then the max over the separator classes.
+
+    A pixel is a separator when it is on a building's border *or* in the strip between two
+    buildings, so the split's seeds are body x (1 - border) x (1 - separation).
+    """
+    import torch
+
+    if prob.shape[1] <= 2:
+        return prob
+    return torch.cat([prob[:, :1], prob[:, 1:].amax(dim=1, keepdim=True)], dim=1)
+
+
+def output_stride(model: Any) -> int:
+    """A forward's ``output_stride`` (a bare DeepLabV3 module: its spec's; else 1)."""
+    stride: Any = getattr(model, "output_stride", None)
+    return int(stride or getattr(getattr(model, "spec", None), "output_stride", 1))
+
+
+@dataclass
+class TorchSegmenter:
+    """DeepLabV3 (or any logits model) on a device, under ``torch.inference_mode``.
+
+    Pixels are scaled to [0, 1] and normalized with the checkpoint's mean and std,
+    resampled to the model's GSD (bilinear, antialiased), and the per-class sigmoid
+    probabilities are resampled back to the input window. ``model`` is the forward pass
+    of the configured runtime (:mod:`pipeline.model.runtimes`: PyTorch, ONNX Runtime or
+    OpenVINO); everything else happens here, the same for all of them. On CUDA the
+    pixels go through pinned host memory and the forward pass runs under fp16 autocast.
+
+    ``flips`` (0, 1 or 3) averages the probabilities over that many flipped copies as well
+    (test-time augmentation, as in the DeepLabV3 paper's evaluation). The input is first padded
+    on the bottom/right to a multiple of the model's output stride, as the model itself would
+    pad it, so a flipped copy computes on the same stride lattice as the original.
+    """
+
+    model: Forward
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    threads: int | None = None
+    flips: int = 0
+    runtime: str = "torch"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.flips not in FLIP_DIMS:
+            raise ConfigError(f"model.flips={self.flips}: use 0, 1 or 3 test-time flips")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return torch.sigmoid(self.model(x).float())
+        return torch.sigmoid(self.model(x).float())
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of a normalized tensor at the model's GSD, averaged over the flips."""
+        from pipeline.model.deeplab import pad_to_stride
+
+        dims = FLIP_DIMS[self.flips]
+        if not dims:
+            return self._forward(x)
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        x = pad_to_stride(x, output_stride(self.model))
+        prob = self._forward(x)
+        for d in dims:
+            prob = prob + self._forward(x.flip(d)).flip(d)
+        return (prob / (1 + len(dims)))[..., :height, :width]
+
+    def normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float tensor on the device, scaled to [0, 1] and normalized."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]:
+        import torch
+        import torch.nn.functional as F
+
+        with self._lock, torch.inference_mode():
+            if self.threads and self.device.type == "cpu":
+                # OpenMP thread counts are per calling thread: Dask runs tasks on executor
+                # threads started with OMP_NUM_THREADS=1, so set it where we compute.
+                torch.set_num_threads(self.threads)
+            x = self.normalize(pixels)
+            size = tuple(x.shape[-2:])
+            target = model_shape(size[0], size[1], scale)
+            if target != size:
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=True)
+            prob = merge_separators(self.probabilities(x))
+            if target != size:
+                prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+            return to_uint8_probability(prob)
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Load a safetensors checkpoint (see :mod:`pipeline.model.checkpoint`) into ``runtime``
+    (``model.runtime``; see :mod:`pipeline.model.runtimes`)."""
+
+    path: str
+    device: str = "auto"
+    threads: int | None = None
+    flips: int = 0
+    runtime: str = "auto"
+
+    def load(self) -> Segmenter:
+        import torch
+
+        from pipeline.model.runtimes import checkpoint_forward, resolve_runtime
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        device = resolve_device(self.device)
+        runtime = resolve_runtime(self.runtime, device)
+        norm = read_checkpoint_metadata(self.path).get("normalization", {})
+        return TorchSegmenter(
+            model=checkpoint_forward(self.path, runtime=runtime, device=device, threads=self.threads),
+            mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
+            std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
+            device=device,
+            threads=self.threads,
+            flips=self.flips,
+            runtime=runtime,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the run records of the checkpoint, once its header and tensors were checked here
+        (on the client: a bad checkpoint fails before any worker starts)."""
+        meta = read_checkpoint_metadata(self.path)
+        if not tensors_match_header(self.path, meta):
+            # no digest (an older checkpoint) or another file's: name what is wrong, with torch
+            from pipeline.model.checkpoint import check_checkpoint
+
+            check_checkpoint(self.path)
+            if tensors_match_header(self.path, meta) is False:
+                raise CheckpointError(
+                    f"{self.path}: its tensors are not the ones its header was written with (a "
+                    "header copied onto other weights?); re-save the checkpoint with save_checkpoint"
+                )
+        return {
+            "id": Path(self.path).stem,
+            "sha256": file_sha256(self.path),
+            "path": self.path,
+            "trained": True,
+            "threshold": float(meta.get("threshold", 0.5)),
+            "gsd_m": meta.get("gsd_m"),
+            "output_stride": meta.get("output_stride"),
+            "classes": list(meta.get("classes", ["building"])),
+        }
+
+
+UNTRAINED_WARNING = (
+    "no trained checkpoint found in models/ and none given with --model: running an "
+    "UNTRAINED DeepLabV3, so the output is meaningless"
+)
+
+
+@dataclass(frozen=True)
+class UntrainedSource:
+    """A randomly initialised DeepLabV3 (seeded), for runs before a checkpoint exists."""
+
+    encoder: str = "efficientnet-lite0"
+    output_stride: int = 16
+    device: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+    flips: int = 0
+    runtime: str = "torch"  # or the bench's pipeline-only stand-in; nothing to export without a checkpoint
+
+    def load(self) -> Segmenter:
+        import torch
+
+        from pipeline.model.deeplab import ModelSpec, build_model
+        from pipeline.model.runtimes import PIPELINE_ONLY, TrivialForward, torch_forward
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.manual_seed(self.seed)
+        spec = ModelSpec(encoder=self.encoder, encoder_weights=None, output_stride=self.output_stride)
+        device = resolve_device(self.device)
+        forward: Forward = (
+            TrivialForward(classes=spec.num_classes, output_stride=spec.output_stride)
+            if self.runtime == PIPELINE_ONLY
+            else torch_forward(build_model(spec), device)
+        )
+        return TorchSegmenter(
+            model=forward,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            device=device,
+            threads=self.threads,
+            flips=self.flips,
+            runtime=self.runtime if self.runtime == PIPELINE_ONLY else "torch",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
+        return {
+            "id": f"untrained-deeplabv3-{self.encoder}-os{self.output_stride}",
+            "sha256": None,
+            "path": None,
+            "trained": False,
+            "threshold": 0.5,
+            "gsd_m": None,
+            "output_stride": self.output_stride,
+            "classes": ["building", "boundary"],
+        }
+
+
+_CACHE: dict[Any, Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_segmenter(source: ModelSource) -> Segmenter:
+    """The worker-local segmenter for ``source``, loaded once per process."""
+    with _CACHE_LOCK:
+        seg = _CACHE.get(source)
+        if seg is None:
+            seg = source.load()
+            _CACHE[source] = seg
+        return seg
+
+
+def cached_count() -> int:
+    """How many segmenters this process has loaded (for tests)."""
+    return len(_CACHE)

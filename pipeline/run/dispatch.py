@@ -1,0 +1,379 @@
+"""Dispatch tiles to Dask workers in batches, with backpressure.
+
+Only window coordinates travel to a worker: each task opens the input itself and
+reads its own windows. Only uint8 probabilities (and, where a tile has nodata, a
+bit-packed validity mask) travel back. Each worker loads the model once, through
+:class:`ModelPlugin`; the in-flight window of batches bounds memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+import rasterio
+from dask.distributed import Client, LocalCluster, as_completed
+from distributed.diagnostics.plugin import WorkerPlugin
+from numpy.typing import NDArray
+from rasterio.errors import RasterioError
+
+from pipeline.core.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
+from pipeline.io.read import RasterInfo, read_tile
+from pipeline.model.infer import ModelSource, cached_segmenter
+from pipeline.run.hardware import device_label
+from pipeline.run.restart import SKIPPED, TileCache
+from pipeline.tiling.grid import Tile, TileGrid
+
+PLUGIN_NAME = "footprints-model"
+
+
+@dataclass(frozen=True, slots=True)
+class TileResult:
+    """A predicted tile: uint8 probabilities ``(K, height, width)`` and, when partly
+    nodata, its bit-packed validity mask."""
+
+    tile: Tile
+    probability: NDArray[np.uint8]
+    packed_valid: NDArray[np.uint8] | None
+    reused: bool = False
+
+    def valid(self) -> NDArray[np.bool_]:
+        if self.packed_valid is None:
+            return np.ones((self.tile.height, self.tile.width), dtype=np.bool_)
+        n = self.tile.height * self.tile.width
+        flat = np.unpackbits(self.packed_valid, count=n).astype(np.bool_)
+        return flat.reshape(self.tile.height, self.tile.width)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one task returns: results for tiles with data, and tiles it skipped."""
+
+    results: tuple[TileResult, ...]
+    skipped: tuple[Tile, ...]
+    worker_pid: int
+    device: str = ""  # where the model ran (pipeline.run.hardware.device_label); "" when it did not
+    runtime: str = ""  # what ran it (pipeline.model.runtimes); "" when it did not
+    #: the task's seconds on the worker, wall and CPU (:data:`TASK_TIMES`)
+    times: tuple[float, ...] = ()
+
+
+#: What :attr:`BatchResult.times` holds, in order: wall seconds of the whole task, of reading
+#: the windows and of inferring them (``Segmenter.predict``), then the worker process's CPU
+#: seconds over the same spans (all its threads: the model's own thread pool included).
+TASK_TIMES = ("task_s", "read_s", "infer_s", "task_cpu_s", "read_cpu_s", "infer_cpu_s")
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once when a worker starts (or when the plugin is registered)."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+
+    def setup(self, worker: Any) -> None:
+        error: FootprintsError | None = None
+        try:
+            cached_segmenter(self.source)
+        except FootprintsError as exc:
+            error = detach(exc)
+        if error is not None:
+            raise error
+
+
+class _NoComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietWorker(WorkerPlugin):
+    """For the worker processes of our own local cluster: no noise on the shared terminal.
+
+    They ignore SIGINT: Ctrl-C reaches the whole process group, and the client alone
+    handles it (it stops the cluster and says how to resume). They do not log a failed task
+    ("Compute Failed", its arguments and traceback): the client reports its error, once; nor
+    the tasks cancelled when the client stops the cluster after an error or Ctrl-C.
+    """
+
+    name = "footprints-quiet-worker"
+
+    def setup(self, worker: Any) -> None:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        logging.getLogger("distributed.worker").addFilter(_NoComputeFailed())
+        logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
+def predict_batch(
+    info: RasterInfo,
+    tiles: Sequence[Tile],
+    source: ModelSource,
+    scale: float = 1.0,
+    cache: TileCache | None = None,
+    from_cache: bool = False,
+) -> BatchResult:
+    """Worker task: :func:`infer_batch`, whose errors come back as one picklable line.
+
+    A footprints error is sent without its chain (see :func:`pipeline.core.errors.detach`); a
+    GDAL or OS error (rasterio's, including its ``CPLE_*`` errors) becomes a
+    :class:`RasterReadError` naming the input.
+    """
+    error: FootprintsError | None = None
+    try:
+        return infer_batch(info, tiles, source, scale, cache, from_cache)
+    except FootprintsError as exc:
+        error = detach(exc)
+    except Exception as exc:
+        if not isinstance(exc, OSError | RasterioError) and not type(exc).__module__.startswith("rasterio"):
+            raise  # a bug, not the input: its traceback helps
+        error = RasterReadError(
+            f"{info.path}: reading tiles {tiles[0].index}-{tiles[-1].index} failed ({cause_text(exc)}); "
+            "check that the file is complete and readable (re-download or re-export it)"
+        )
+    raise error  # outside the except blocks: nothing unpicklable is chained to it
+
+
+def infer_batch(
+    info: RasterInfo,
+    tiles: Sequence[Tile],
+    source: ModelSource,
+    scale: float = 1.0,
+    cache: TileCache | None = None,
+    from_cache: bool = False,
+) -> BatchResult:
+    """Read the windows, skip all-nodata tiles, predict the rest.
+
+    With a ``cache``, inferred tiles are saved to it; with ``from_cache`` too (the
+    client's manifest says the whole batch finished before), the batch is loaded from
+    it instead, and inferred again only if a tile is missing. Batches are never split,
+    because a model's output may depend on the batch by a rounding step, and a resumed
+    run must write the same bytes as an uninterrupted one.
+    ``scale`` (input GSD / model GSD) is applied by the segmenter, which returns the
+    probabilities on the input grid.
+    """
+    if from_cache and cache is not None and (done := _from_cache(tiles, cache)) is not None:
+        return done
+    clock = [(time.perf_counter(), time.process_time())]
+    pixels, valids, kept, skipped = [], [], [], []
+    with rasterio.open(info.path) as ds:
+        for tile in tiles:
+            px, valid = read_tile(info, tile, dataset=ds)
+            if not valid.any():
+                skipped.append(tile)
+                continue
+            pixels.append(px)
+            valids.append(valid)
+            kept.append(tile)
+    clock.append((time.perf_counter(), time.process_time()))
+    results: list[TileResult] = []
+    device = runtime = ""
+    if kept:
+        segmenter = cached_segmenter(source)
+        prob = predict_by_shape(segmenter, pixels, scale=scale)
+        device = device_label(getattr(segmenter, "device", "cpu"))
+        runtime = str(getattr(segmenter, "runtime", ""))
+        for tile, p, valid in zip(kept, prob, valids, strict=True):
+            packed = None if valid.all() else np.packbits(valid.ravel())
+            results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
+    clock.append((time.perf_counter(), time.process_time()))
+    if cache is not None:
+        for r in results:
+            cache.save(r.tile, r.probability, r.packed_valid)
+        for t in skipped:
+            cache.save_skipped(t)
+    clock.append((time.perf_counter(), time.process_time()))
+    return BatchResult(
+        results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid(), device=device,
+        runtime=runtime, times=_spans(clock),
+    )  # fmt: skip
+
+
+def _spans(clock: list[tuple[float, float]]) -> tuple[float, ...]:
+    """:data:`TASK_TIMES` from the (wall, CPU) readings at the start, after reading, after
+    inferring and at the end of a task."""
+    (w0, c0), (w1, c1), (w2, c2), (w3, c3) = clock
+    return (w3 - w0, w1 - w0, w2 - w1, c3 - c0, c1 - c0, c2 - c1)
+
+
+def predict_by_shape(
+    segmenter: Any, pixels: list[NDArray[np.uint8]], *, scale: float
+) -> list[NDArray[np.uint8]]:
+    """Predict tiles in one stack per shape (the last row and column of a grid on the
+    model's lattice may be a little smaller), returning them in the given order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, px in enumerate(pixels):
+        groups.setdefault(px.shape, []).append(i)
+    out: list[NDArray[np.uint8]] = [np.empty(0, np.uint8)] * len(pixels)
+    for idx in groups.values():
+        for i, p in zip(idx, segmenter.predict(np.stack([pixels[i] for i in idx]), scale=scale), strict=True):
+            out[i] = p
+    return out
+
+
+def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:
+    """The batch rebuilt from the cache, or None unless every tile of it is cached."""
+    results, skipped = [], []
+    for tile in tiles:
+        hit = cache.load(tile)
+        if hit is None:
+            return None
+        if hit == SKIPPED:
+            skipped.append(tile)
+        else:
+            assert not isinstance(hit, str)
+            results.append(TileResult(tile=tile, probability=hit[0], packed_valid=hit[1], reused=True))
+    return BatchResult(results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid())
+
+
+def batches(tiles: Sequence[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
+    """Consecutive (row-major) batches of tiles."""
+    return [tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+
+
+_SHARED: list[Client] = []
+
+
+@contextlib.contextmanager
+def shared_client(
+    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
+) -> Iterator[Client]:
+    """One client for many scenes (a bucket): :func:`active_client` returns it meanwhile,
+    so every scene reuses the cluster and the models already loaded on its workers."""
+    with connect(
+        scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard=dashboard
+    ) as c:
+        _SHARED.append(c)
+        try:
+            yield c
+        finally:
+            _SHARED.remove(c)
+
+
+def active_client() -> Client | None:
+    """The innermost :func:`shared_client`, if one is open in this process."""
+    return _SHARED[-1] if _SHARED else None
+
+
+@contextlib.contextmanager
+def connect(
+    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
+) -> Iterator[Client]:
+    """A client to ``scheduler`` (``tcp://HOST:PORT``) or to a new ``LocalCluster``.
+
+    A local cluster serves no dashboard (so no port is taken, and no warning when 8787 is
+    busy) unless ``dashboard`` gives its address, e.g. ``127.0.0.1:8787`` (bokeh serves it;
+    when that port is taken Dask picks another: ``client.dashboard_link`` tells which).
+    """
+    if scheduler:
+        with Client(scheduler) as client:  # type: ignore[no-untyped-call]
+            yield client
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    environ = {
+        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+        "MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2",
+    }  # fmt: skip
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard,
+            scheduler_kwargs=(
+                {"dashboard": True, "dashboard_address": dashboard}
+                if dashboard
+                else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}  # not 8787: may be taken
+            ),
+            host="127.0.0.1",
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        client.register_plugin(QuietWorker(), name=QuietWorker.name)
+        yield client
+
+
+def _result(fut: Any, batch: Sequence[Tile]) -> BatchResult:
+    """The batch's result; a batch whose workers kept dying is a :class:`WorkerLostError`."""
+    from distributed.scheduler import KilledWorker
+
+    try:
+        result: BatchResult = fut.result()
+    except KilledWorker as exc:
+        raise WorkerLostError(
+            f"tiles {batch[0].index}-{batch[-1].index}: the Dask workers running them died "
+            f"{int(exc.allowed_failures) + 1} times (out of memory?); "
+            "lower tiling.batch_size or dask.n_workers, or give the workers more memory, and rerun "
+            "the same command to resume"
+        ) from exc
+    return result
+
+
+def workers_have_gpus(client: Client) -> bool:
+    """True when any worker declares a ``GPU`` resource."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any("GPU" in w.get("resources", {}) for w in workers.values())
+
+
+def run_batches(
+    client: Client,
+    *,
+    info: RasterInfo,
+    grid: TileGrid,
+    source: ModelSource,
+    batch_size: int,
+    max_in_flight: int,
+    on_batch: Callable[[BatchResult], None],
+    scale: float = 1.0,
+    skip: frozenset[int] = frozenset(),
+    cache: TileCache | None = None,
+    reuse: frozenset[int] = frozenset(),
+) -> int:
+    """Submit batches in row-major order and feed results to ``on_batch``.
+
+    At most ``max_in_flight`` batches are submitted past the oldest unfinished one,
+    so memory stays flat however large the raster is, even behind a straggler.
+    Tiles whose index is in ``skip`` are not submitted. Workers save inferred tiles to
+    ``cache``, and load a batch from it instead when all its tiles are in ``reuse``
+    (finished by an earlier attempt), so a fresh run never probes the cache. Returns
+    the batch count.
+    """
+    client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
+    resources = {"GPU": 1} if workers_have_gpus(client) else None
+    todo = batches([t for t in grid if t.index not in skip], batch_size)
+    pending: dict[Any, int] = {}
+    done: set[int] = set()
+    ac = as_completed()  # type: ignore[no-untyped-call]
+    next_i, oldest = 0, 0
+
+    def fill() -> None:
+        nonlocal next_i
+        while next_i < len(todo) and next_i < oldest + max_in_flight:
+            batch = todo[next_i]
+            from_cache = cache is not None and all(t.index in reuse for t in batch)
+            fut = client.submit(
+                predict_batch, info, batch, source, scale, cache, from_cache, resources=resources, pure=False
+            )
+            pending[fut.key] = next_i
+            ac.add(fut)  # type: ignore[no-untyped-call]
+            next_i += 1
+
+    fill()
+    for fut in ac:
+        i = pending.pop(fut.key)
+        on_batch(_result(fut, todo[i]))
+        fut.release()
+        done.add(i)
+        while oldest in done:
+            oldest += 1
+        fill()
+    return len(todo)

@@ -1,0 +1,1 @@
+"""Tile grids and the stitcher: how a scene is cut into tiles and put back together."""

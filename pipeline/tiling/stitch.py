@@ -1,0 +1,164 @@
+"""Stitch overlapping tile predictions into a raster, streaming row bands out.
+
+Each prediction is multiplied by its tile's smooth weight window
+(:func:`pipeline.tiling.grid.tile_weights`) and accumulated together with the weights;
+the output is the weighted sum divided by the summed weights. Rows are flushed to a
+:class:`RowSink` as soon as no unfinished tile can touch them, so the accumulator
+spans a few rows of tiles, never the raster.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.tiling.grid import Tile, TileGrid, tile_weights
+
+
+class RowSink(Protocol):
+    """Receives finished rows ``[row_off, row_off + height)`` of the stitched raster.
+
+    ``probability`` is ``(K, height, width)`` uint8: channel 0 the building, channel 1
+    (when the model has one) the building boundary. ``mask`` is channel 0 thresholded.
+    """
+
+    def write_rows(
+        self,
+        *,
+        row_off: int,
+        probability: NDArray[np.uint8],
+        mask: NDArray[np.uint8],
+        valid: NDArray[np.bool_],
+    ) -> None: ...
+
+
+#: Rows handed to the sinks at a time: bounds the transient arrays of a flush.
+FLUSH_ROWS = 128
+
+
+def threshold_u8(threshold: float) -> int:
+    """The uint8 probability at or above which a pixel is a building."""
+    return round(threshold * 255)
+
+
+@dataclass
+class TeeSink:
+    """Hands the same rows to several sinks, in order."""
+
+    sinks: tuple[RowSink, ...]
+
+    def write_rows(
+        self,
+        *,
+        row_off: int,
+        probability: NDArray[np.uint8],
+        mask: NDArray[np.uint8],
+        valid: NDArray[np.bool_],
+    ) -> None:
+        for sink in self.sinks:
+            sink.write_rows(row_off=row_off, probability=probability, mask=mask, valid=valid)
+
+
+@dataclass
+class Stitcher:
+    """Weighted-average blending of tiles with row-band flushing.
+
+    Tiles may arrive in any order. ``peak_rows`` records the tallest the accumulator
+    ever grew, to prove the memory bound in tests.
+    """
+
+    grid: TileGrid
+    sink: RowSink
+    threshold: float = 0.5
+    channels: int = 1
+    _start: int = 0
+    _acc: NDArray[np.float32] = field(init=False, repr=False)
+    _wsum: NDArray[np.float32] = field(init=False, repr=False)
+    _valid: NDArray[np.bool_] = field(init=False, repr=False)
+    _done: Counter[int] = field(default_factory=Counter, repr=False)
+    _next_row: int = 0
+    peak_rows: int = 0
+
+    def __post_init__(self) -> None:
+        self._acc = np.zeros((self.channels, 0, self.grid.width), np.float32)
+        self._wsum = np.zeros((0, self.grid.width), np.float32)
+        self._valid = np.zeros((0, self.grid.width), np.bool_)
+        self._row_offsets = self.grid.row_offsets  # computed once: a property builds the list
+        self._tiles_per_row = len(self.grid.col_offsets)
+        self._weights: dict[tuple[int, int, bool, bool, bool, bool], NDArray[np.float32]] = {}
+
+    def _ensure_rows(self, row_end: int) -> None:
+        have = self._start + self._wsum.shape[0]
+        if row_end <= have:
+            return
+        extra = row_end - have
+        w = self.grid.width
+        self._acc = np.concatenate([self._acc, np.zeros((self.channels, extra, w), np.float32)], axis=1)
+        self._wsum = np.concatenate([self._wsum, np.zeros((extra, w), np.float32)])
+        self._valid = np.concatenate([self._valid, np.zeros((extra, w), np.bool_)])
+        self.peak_rows = max(self.peak_rows, self._wsum.shape[0])
+
+    def add(self, tile: Tile, probability: NDArray[np.uint8], valid: NDArray[np.bool_]) -> None:
+        """Blend one tile's uint8 probabilities ``(K, h, w)`` (or ``(h, w)``) into the accumulator."""
+        if probability.ndim == 2:
+            probability = probability[None]
+        self._ensure_rows(tile.row_end)
+        r0 = tile.row_off - self._start
+        rows = slice(r0, r0 + tile.height)
+        cols = slice(tile.col_off, tile.col_end)
+        weight = self._tile_weights(tile) * valid
+        self._acc[:, rows, cols] += weight * probability[: self.channels].astype(np.float32)
+        self._wsum[rows, cols] += weight
+        self._valid[rows, cols] |= valid
+        self.mark_done(tile)
+
+    def mark_done(self, tile: Tile) -> None:
+        """Count a tile as finished (also for skipped, all-nodata tiles) and flush."""
+        self._done[tile.tile_row] += 1
+        self._flush()
+
+    def _flushable_until(self) -> int:
+        """First raster row an unfinished tile can still touch (advances ``_next_row``)."""
+        rows = len(self._row_offsets)
+        while self._next_row < rows and self._done[self._next_row] == self._tiles_per_row:
+            self._next_row += 1
+        if self._next_row >= rows:
+            return self.grid.height
+        return self._row_offsets[self._next_row]
+
+    def _tile_weights(self, tile: Tile) -> NDArray[np.float32]:
+        """Blend window of ``tile``; only a handful of distinct windows exist per grid."""
+        key = (tile.height, tile.width, tile.top, tile.left, tile.bottom, tile.right)
+        if key not in self._weights:
+            self._weights[key] = tile_weights(tile, overlap=self.grid.overlap)
+        return self._weights[key]
+
+    def _flush(self) -> None:
+        limit = self._flushable_until()
+        n = limit - self._start
+        if n <= 0:
+            return
+        self._ensure_rows(limit)
+        for r0 in range(0, n, FLUSH_ROWS):
+            self._emit(r0, min(n, r0 + FLUSH_ROWS))
+        self._acc = self._acc[:, n:].copy()
+        self._wsum, self._valid = self._wsum[n:].copy(), self._valid[n:].copy()
+        self._start = limit
+
+    def _emit(self, r0: int, r1: int) -> None:
+        """Normalize buffered rows ``[r0, r1)`` and hand them to the sink."""
+        acc, wsum, valid = self._acc[:, r0:r1], self._wsum[r0:r1], self._valid[r0:r1]
+        prob = np.zeros(acc.shape, np.float32)
+        np.divide(acc, wsum, out=prob, where=wsum > 0)
+        valid = valid & (wsum > 0)
+        prob_u8 = np.clip(np.rint(prob), 0, 255).astype(np.uint8)
+        mask = (prob_u8[0] >= threshold_u8(self.threshold)).astype(np.uint8)
+        self.sink.write_rows(row_off=self._start + r0, probability=prob_u8, mask=mask, valid=valid)
+
+    @property
+    def finished(self) -> bool:
+        return self._start >= self.grid.height

@@ -1,0 +1,1 @@
+"""Training data (DATASET.yaml, chips, sampling) and the training loop."""

@@ -1,0 +1,1 @@
+"""From the building mask to polygons: split, polygonize, score, regularize."""

@@ -1,0 +1,142 @@
+"""Post-processing of building polygons in a metric CRS: holes, orthogonal walls, no overlaps.
+
+Pixel polygons are staircases. :func:`postprocess` turns them into building-like outlines,
+everything in metres (see :class:`pipeline.core.geo.MetricFrame`):
+
+0. :func:`pipeline.vectorize.rings.canonical_rings` first: every step below depends on where a ring
+   starts and which way it runs, so the same pixels give the same outline for any block size.
+1. :func:`fill_holes` drops interior rings under ``max_hole_m2`` (mask speckle).
+2. :func:`pipeline.vectorize.regularize.regularize` squares each exterior ring (with the
+   building-shaped priors of :mod:`pipeline.vectorize.priors`), or plain Douglas-Peucker
+   simplification when regularization is off.
+3. :func:`pipeline.vectorize.overlaps.remove_overlaps` makes the output pairwise non-overlapping: where
+   two results overlap, the building with the larger original area keeps the overlap (the
+   other one snaps onto it first, so shared walls stay straight).
+
+The Douglas-Peucker tolerance of the regularizer is at least 1.5 pixels (pixel size given
+or estimated, :func:`estimate_pixel_m`) and 0.5 m: finer, the pixel steps survive as
+edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+from pipeline.core.geo import MetricFrame
+from pipeline.vectorize.overlaps import MULTIPOLYGON, POLYGON, as_geoms, polygonal_part, remove_overlaps
+from pipeline.vectorize.priors import Priors
+from pipeline.vectorize.regularize import NO_PRIORS
+from pipeline.vectorize.regularize import regularize as square_outlines
+from pipeline.vectorize.rings import canonical_rings
+
+Geoms = NDArray[np.object_]
+
+REGULARIZE_MIN_SIMPLIFY_M = 0.5  # DP tolerance floor of postprocess, in metres ...
+DP_PIXELS = 1.5  # ... and in pixels: a staircase deviates from its wall by up to about a pixel
+MAX_ESTIMATED_PIXEL_M = 1.0
+
+
+def fill_holes(geoms: Geoms, *, max_hole_m2: float) -> Geoms:
+    """Remove interior rings with area < ``max_hole_m2`` (metric CRS).
+
+    Polygons and multi-polygons are rebuilt only where a hole goes; anything else passes.
+    """
+    geoms = as_geoms(geoms)
+    polygonal = np.isin(shapely.get_type_id(geoms), (POLYGON, MULTIPOLYGON))
+    if max_hole_m2 <= 0 or not polygonal.any():
+        return geoms
+    out = geoms.copy()
+    out[polygonal] = _fill_polygonal(geoms[polygonal], max_hole_m2)
+    return out
+
+
+def _fill_polygonal(geoms: Geoms, max_hole_m2: float) -> Geoms:
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    rings, ridx = shapely.get_rings(parts, return_index=True)
+    is_hole = np.r_[False, ridx[1:] == ridx[:-1]]
+    small = is_hole & (shapely.area(shapely.polygons(rings)) < max_hole_m2)
+    changed = np.unique(ridx[small])
+    if changed.size == 0:
+        return geoms
+    keep = ~small & np.isin(ridx, changed)
+    rebuilt = shapely.polygons(rings[keep], indices=np.searchsorted(changed, ridx[keep]))
+    parts = parts.copy()
+    parts[changed] = rebuilt
+    out = geoms.copy()
+    touched = np.unique(owner[changed])
+    single = shapely.get_type_id(geoms[touched]) == POLYGON
+    out[touched[single]] = parts[np.searchsorted(owner, touched[single])]
+    multi = touched[~single]
+    if multi.size:
+        sel = np.isin(owner, multi)
+        out[multi] = shapely.multipolygons(parts[sel], indices=np.searchsorted(multi, owner[sel]))
+    return out
+
+
+def estimate_pixel_m(geoms: Geoms) -> float:
+    """Pixel size of pixel polygons (metric CRS): the median over polygons of their shortest edge.
+
+    Every polygon that is not an axis-aligned rectangle has one-pixel steps, so the median
+    is the pixel side. Capped at ``MAX_ESTIMATED_PIXEL_M``; 0 when there are no edges.
+    """
+    geoms = as_geoms(geoms)
+    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
+    same = idx[1:] == idx[:-1]
+    if not same.any():
+        return 0.0
+    d = np.diff(xy, axis=0)[same]
+    shortest = np.full(geoms.shape[0], np.inf)
+    np.minimum.at(shortest, idx[1:][same], np.hypot(d[:, 0], d[:, 1]))
+    return float(min(np.median(shortest[np.isfinite(shortest)]), MAX_ESTIMATED_PIXEL_M))
+
+
+def postprocess(
+    geoms_scene: Geoms,
+    *,
+    frame: MetricFrame,
+    fill_holes_m2: float,
+    simplify_m: float,
+    regularize: bool,
+    angle_tolerance_deg: float,
+    min_edge_m: float,
+    pixel_m: float | None = None,
+    priors: Priors = NO_PRIORS,
+) -> Geoms:
+    """Holes, squaring (or simplification) and overlap removal, in metres; scene CRS in and out.
+
+    One polygon per input, aligned; valid and pairwise non-overlapping. An output is an
+    empty polygon only when nothing of its input survives (a degenerate input, or a
+    building fully covered by a larger neighbour): drop those with ``shapely.is_empty``.
+
+    Regularization simplifies with ``max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M,
+    DP_PIXELS * pixel_m)``: Douglas-Peucker must be coarser than the pixel staircase or
+    its steps survive as short diagonal edges. ``pixel_m`` (the raster's pixel size in
+    metres) is estimated from the polygons when not given (:func:`estimate_pixel_m`).
+    """
+    geoms = as_geoms(geoms_scene)
+    if geoms.size == 0:
+        return geoms
+    metric = canonical_rings(frame.to_metric(geoms))  # block-independent input: see pipeline.vectorize.rings
+    area = np.asarray(shapely.area(metric), dtype=np.float64)
+    filled = fill_holes(metric, max_hole_m2=fill_holes_m2)
+    if regularize:
+        px = estimate_pixel_m(metric) if pixel_m is None else pixel_m
+        out = square_outlines(
+            filled,
+            angle_tolerance_deg=angle_tolerance_deg,
+            min_edge_m=min_edge_m,
+            simplify_m=max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M, DP_PIXELS * px),
+            priors=priors,
+        )
+    else:
+        out = shapely.simplify(filled, simplify_m, preserve_topology=True) if simplify_m > 0 else filled
+    touching = metric if regularize and priors.group_m > 0 else None  # shared walls stay one line
+    out = remove_overlaps(polygonal_part(out), priority=area, touching=touching)
+    scene = frame.to_scene(out)
+    bad = ~shapely.is_valid(scene)
+    if bad.any():
+        scene = scene.copy()
+        scene[bad] = polygonal_part(scene[bad])
+    return scene
