@@ -10,8 +10,8 @@ from typing import Any
 from pipeline.describe.bucket_index import index_html, write_bucket_index
 from pipeline.describe.stac import item_json, scene_item
 from pipeline.run.bucket import BucketManifest, plan_bucket, scene_entry
+from tests.describe.test_stac import NAMES, checksums, record
 from tests.stacschemas import validate
-from tests.test_stac import NAMES, checksums, record
 
 
 def _bucket(tmp_path: Path) -> tuple[Path, BucketManifest]:

@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.describe.stac import item_json, scene_item
 from tests.conftest import coordinate_image, write_tif
+from tests.describe.test_stac import NAMES, checksums, record
 from tests.stacschemas import OFFICIAL_ENV, OURS, ours, schema_uri, validate
-from tests.test_stac import NAMES, checksums, record
 
 MLM_JSON = Path(__file__).resolve().parents[2] / "models" / "deeplabv3-lite0-buildings.mlm.json"
 DELETE = object()

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pipeline.core.errors import EvaluationInputError
 from pipeline.evaluation.evaluate import evaluate
 from tests.conftest import write_tif
-from tests.test_evaluate import (
+from tests.evaluation.test_evaluate import (
     FAR,
     GRID,
     SIZE,

@@ -10,7 +10,7 @@ import pytest
 from pipeline.evaluation.evaluate import confidence_matches, evaluate
 from pipeline.evaluation.reliability import pool, reliability
 from pipeline.evaluation.report import report_tables
-from tests.test_evaluate import SPECK, A, B, C, make_outdir, px_box, truth_tif
+from tests.evaluation.test_evaluate import SPECK, A, B, C, make_outdir, px_box, truth_tif
 
 
 def by_bin(rows: list[dict[str, object]]) -> dict[object, tuple[object, object, object]]:

@@ -17,8 +17,8 @@ from pipeline.evaluation.polygon_metrics import orientation as orientation_of
 from pipeline.vectorize.postprocess import postprocess
 from pipeline.vectorize.priors import Priors, folded_difference, moment_rectangles, shared_orientations
 from pipeline.vectorize.regularize import regularize
-from tests.test_regularize import UTM, corner_cosines, iou, pixels, rectangle
-from tests.test_rings import assert_block_independent, building
+from tests.vectorize.test_regularize import UTM, corner_cosines, iou, pixels, rectangle
+from tests.vectorize.test_rings import assert_block_independent, building
 
 Geoms = NDArray[np.object_]
 GROUP = Priors(group_m=3.0, group_tolerance_deg=5.0)
