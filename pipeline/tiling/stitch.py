@@ -36,6 +36,9 @@ class RowSink(Protocol):
     ) -> None: ...
 
 
+#: A tile's uint8 probabilities and its validity, waiting for its turn to be blended.
+_Prediction = tuple[NDArray[np.uint8], NDArray[np.bool_]]
+
 #: Rows handed to the sinks at a time: bounds the transient arrays of a flush.
 FLUSH_ROWS = 128
 
@@ -67,8 +70,12 @@ class TeeSink:
 class Stitcher:
     """Weighted-average blending of tiles with row-band flushing.
 
-    Tiles may arrive in any order. ``peak_rows`` records the tallest the accumulator
-    ever grew, to prove the memory bound in tests.
+    Tiles may arrive in any order; they are blended in grid order (``Tile.index``), so
+    the float sums, and the output bytes, do not depend on which worker finished first.
+    A tile that arrives early waits in ``_pending`` (its uint8 prediction only) until
+    every tile before it has arrived; dispatch's backpressure bounds how many wait.
+    ``peak_rows`` records the tallest the accumulator ever grew, to prove the memory
+    bound in tests.
     """
 
     grid: TileGrid
@@ -81,6 +88,7 @@ class Stitcher:
     _valid: NDArray[np.bool_] = field(init=False, repr=False)
     _done: Counter[int] = field(default_factory=Counter, repr=False)
     _next_row: int = 0
+    _next_index: int = 0
     peak_rows: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +98,7 @@ class Stitcher:
         self._row_offsets = self.grid.row_offsets  # computed once: a property builds the list
         self._tiles_per_row = len(self.grid.col_offsets)
         self._weights: dict[tuple[int, int, bool, bool, bool, bool], NDArray[np.float32]] = {}
+        self._pending: dict[int, tuple[Tile, _Prediction | None]] = {}
 
     def _ensure_rows(self, row_end: int) -> None:
         have = self._start + self._wsum.shape[0]
@@ -103,7 +112,26 @@ class Stitcher:
         self.peak_rows = max(self.peak_rows, self._wsum.shape[0])
 
     def add(self, tile: Tile, probability: NDArray[np.uint8], valid: NDArray[np.bool_]) -> None:
-        """Blend one tile's uint8 probabilities ``(K, h, w)`` (or ``(h, w)``) into the accumulator."""
+        """Blend one tile's uint8 probabilities ``(K, h, w)`` (or ``(h, w)``), in grid order."""
+        self._pending[tile.index] = (tile, (probability, valid))
+        self._drain()
+
+    def mark_done(self, tile: Tile) -> None:
+        """Count a tile as finished without a prediction (a skipped, all-nodata tile)."""
+        self._pending[tile.index] = (tile, None)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Blend the pending tiles that are next in grid order, then flush finished rows."""
+        while self._next_index in self._pending:
+            tile, prediction = self._pending.pop(self._next_index)
+            if prediction is not None:
+                self._blend(tile, *prediction)
+            self._done[tile.tile_row] += 1
+            self._next_index += 1
+        self._flush()
+
+    def _blend(self, tile: Tile, probability: NDArray[np.uint8], valid: NDArray[np.bool_]) -> None:
         if probability.ndim == 2:
             probability = probability[None]
         self._ensure_rows(tile.row_end)
@@ -114,12 +142,6 @@ class Stitcher:
         self._acc[:, rows, cols] += weight * probability[: self.channels].astype(np.float32)
         self._wsum[rows, cols] += weight
         self._valid[rows, cols] |= valid
-        self.mark_done(tile)
-
-    def mark_done(self, tile: Tile) -> None:
-        """Count a tile as finished (also for skipped, all-nodata tiles) and flush."""
-        self._done[tile.tile_row] += 1
-        self._flush()
 
     def _flushable_until(self) -> int:
         """First raster row an unfinished tile can still touch (advances ``_next_row``)."""
