@@ -38,8 +38,8 @@ from numpy.typing import NDArray
 
 from pipeline.vectorize.measure import as_geoms, orientation, polygon_iou
 from pipeline.vectorize.overlaps import POLYGON, polygonal_part
-from pipeline.vectorize.priors import Priors, moment_rectangles, shared_orientations
-from pipeline.vectorize.rings import next_in_ring, open_rings, turn
+from pipeline.vectorize.priors import Priors, circular_mean, moment_rectangles, shared_orientations
+from pipeline.vectorize.rings import box_centres, next_in_ring, open_rings, turn
 from pipeline.vectorize.squaring import D, Group, H, Point, V, snap_ring
 
 Geoms = NDArray[np.object_]
@@ -127,12 +127,8 @@ def _fitted_orientation(mom: F64, chord: F64, s_idx: I64, n: int) -> F64:
     cxx = mom[3] - mom[1] ** 2 / w
     cyy = mom[4] - mom[2] ** 2 / w
     cxy = mom[5] - mom[1] * mom[2] / w
-    phi4 = 2.0 * np.arctan2(2.0 * cxy, cxx - cyy)
-    c = np.bincount(s_idx, chord * np.cos(phi4), minlength=n)
-    s = np.bincount(s_idx, chord * np.sin(phi4), minlength=n)
-    theta = np.mod(np.arctan2(s, c) / 4.0, np.pi / 2.0)
-    theta[theta >= np.pi / 2.0] = 0.0
-    return np.asarray(theta, dtype=np.float64)
+    principal = np.arctan2(2.0 * cxy, cxx - cyy) / 2.0  # direction of each edge's support
+    return circular_mean(principal, chord, s_idx, n)
 
 
 def _classify(d: F64, tolerance_deg: float) -> I64:
@@ -219,8 +215,7 @@ def _orthogonal_shells(
 ) -> tuple[Geoms, Mask, F64]:  # fmt: skip
     """Squared exterior rings in the metric frame, which polygons got one, and the orientations."""
     n = raw.shape[0]
-    b = shapely.bounds(simple)
-    origin = np.column_stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0])
+    origin = box_centres(simple)
     table = edge_table(raw, simple, origin)
     theta = _orientations(raw, table, priors)
     groups, ok = _groups(table, theta, angle_tolerance_deg), table.ok.copy()

@@ -1,4 +1,4 @@
-"""Regions: split the building mask into one region per building, streamed.
+"""Split: the building mask into one region per building, streamed.
 
 The model's second channel marks each building's inner border (class ``boundary``) or
 the strip where two buildings meet (class ``contact``, see :func:`pipeline.training.dataset.contact_target`);
