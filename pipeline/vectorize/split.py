@@ -37,8 +37,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage
 
-from pipeline.io.write import MASK_NODATA
-from pipeline.tiling.stitch import threshold_u8
+from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
 UNSEEDED = np.uint32(np.iinfo(np.uint32).max - 1)
