@@ -1,22 +1,22 @@
 """Configuration: pydantic models at the config and flow boundary, loaded from YAML.
 
-Library functions below this layer take plain typed keyword arguments; only the CLI,
-the flows and :mod:`pipeline.run.scene` see these models.
+Library functions take plain typed keyword arguments; only the CLI, the flows and
+:mod:`pipeline.run` see these models. This is the earliest layer after :mod:`pipeline.core`
+and imports nothing else of the pipeline: a section's adapter to its library's typed
+options lives in that later package (the ``vectorize:`` section's is
+:func:`pipeline.vectorize.buildings.outline_options`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.core.errors import ConfigError, InputNotFoundError
-
-if TYPE_CHECKING:
-    from pipeline.vectorize.buildings import OutlineOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -139,19 +139,6 @@ class OutputsConfig(_Section):
     quicklook: bool = Field(True, description="Write quicklook.png and the pictures of report.html.")
     quicklook_px: int = Field(2048, ge=64, le=2048, description="Long side of quicklook.png (pixels).")
     crop_px: int = Field(768, ge=64, le=2048, description="Side of the report's full-resolution crop.")
-
-
-def outline_options(vc: VectorizeConfig) -> OutlineOptions:
-    """The vectorize: section as the library's :class:`~pipeline.vectorize.buildings.OutlineOptions`."""
-    from pipeline.vectorize.buildings import OutlineOptions
-
-    return OutlineOptions(
-        min_area_m2=vc.min_area_m2, min_confidence=vc.min_confidence, simplify_m=vc.simplify_m,
-        fill_holes_m2=vc.fill_holes_m2,
-        regularize=vc.regularize, angle_tolerance_deg=vc.angle_tolerance_deg, min_edge_m=vc.min_edge_m,
-        orientation=vc.orientation, group_m=vc.group_m, group_tolerance_deg=vc.group_tolerance_deg,
-        rectangle_iou=vc.rectangle_iou,
-    )  # fmt: skip
 
 
 class PipelineConfig(_Section):

@@ -57,13 +57,19 @@ from affine import Affine
 from numpy.typing import NDArray
 from rasterio.features import rasterize
 
-from pipeline.config import PipelineConfig, outline_options
-from pipeline.core.geo import MetricFrame
+from pipeline.config import PipelineConfig
 from pipeline.evaluation.evaluate import evaluate_scene
 from pipeline.evaluation.report import summarize_scenes
 from pipeline.io.vectors import PublishedScene, buildings_frame, outdir_regions
-from pipeline.vectorize.buildings import OutlineOptions, SceneRegions, buildings_from_regions, scene_regions
-from pipeline.vectorize.overlaps import as_geoms, polygonal_part, remove_overlaps
+from pipeline.vectorize.buildings import (
+    OutlineOptions,
+    SceneRegions,
+    buildings_from_regions,
+    outline_options,
+    scene_regions,
+)
+from pipeline.vectorize.measure import as_geoms
+from pipeline.vectorize.overlaps import polygonal_part, remove_overlaps
 from pipeline.vectorize.postprocess import fill_holes, postprocess
 from pipeline.vectorize.rings import canonical_rings
 
@@ -106,14 +112,14 @@ class Variant:
         return run
 
 
-def library_outlines(geoms: Geoms, *, frame: MetricFrame, fill_holes_m2: float, **_: Any) -> Geoms:
-    """``buildingregulariser.regularize_geodataframe`` (defaults) inside the pipeline's chain."""
+def library_outlines(geoms: Geoms, *, fill_holes_m2: float, **_: Any) -> Geoms:
+    """``buildingregulariser.regularize_geodataframe`` (defaults) inside the pipeline's chain (metric CRS)."""
     from buildingregulariser import regularize_geodataframe
 
     geoms = as_geoms(geoms)
     if geoms.size == 0:
         return geoms
-    metric = canonical_rings(frame.to_metric(geoms))
+    metric = canonical_rings(geoms)
     area = np.asarray(shapely.area(metric), dtype=np.float64)
     filled = fill_holes(metric, max_hole_m2=fill_holes_m2)
     df = gpd.GeoDataFrame({"i": np.arange(filled.size)}, geometry=list(filled), crs=None)
@@ -124,7 +130,7 @@ def library_outlines(geoms: Geoms, *, frame: MetricFrame, fill_holes_m2: float, 
     idx = done["i"].to_numpy()[order]
     first = order[np.r_[True, idx[1:] != idx[:-1]]] if idx.size else order
     out[done["i"].to_numpy()[first]] = parts[first]
-    return frame.to_scene(remove_overlaps(polygonal_part(out), priority=area))
+    return remove_overlaps(polygonal_part(out), priority=area)
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:

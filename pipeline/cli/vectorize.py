@@ -104,8 +104,7 @@ def regions_frame(
     """A GeoDataFrame (raster CRS) of the regions kept by ``min_area_m2``, post-processed in metres."""
     import geopandas as gpd
 
-    from pipeline.config import outline_options
-    from pipeline.vectorize.buildings import buildings_from_regions
+    from pipeline.vectorize.buildings import buildings_from_regions, outline_options
 
     b = buildings_from_regions(
         regions, scene=scene, bounds=bounds, options=outline_options(vectorize), stats_scale=stats_scale

@@ -20,7 +20,8 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.crs import CRS
 from rasterio.warp import transform as warp_points
 
-from pipeline.io.write import MASK_NODATA, PROBABILITY_SCALE
+from pipeline.io.write import PROBABILITY_SCALE
+from pipeline.tiling.stitch import MASK_NODATA
 
 #: Asset key, media type, roles and title of each output.
 ASSETS: dict[str, tuple[str, str, list[str], str]] = {

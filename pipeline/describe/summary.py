@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from pipeline.io.write import MASK_NODATA
+from pipeline.tiling.stitch import MASK_NODATA
 
 #: Longest side of the read of mask.tif that measures the nodata and building shares.
 SHARE_READ_SIDE = 1024

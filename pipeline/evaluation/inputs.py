@@ -47,9 +47,9 @@ from rasterio.warp import Resampling, reproject
 
 from pipeline.core.errors import EvaluationInputError, InputNotFoundError, MissingCRSError
 from pipeline.core.geo import reproject as reproject_geoms
+from pipeline.tiling.stitch import MASK_NODATA
 from pipeline.vectorize.polygonize import reference_polygons
 
-MASK_NODATA = 255
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".img", ".vrt"})
 VECTOR_SUFFIXES = frozenset({".geojson", ".json", ".gpkg", ".shp", ".fgb", ".gml", ".kml"})
 #: Extents that agree to this share of each side are the same extent (no warning).

@@ -30,6 +30,8 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from pipeline.vectorize.measure import as_geoms, orientation, polygon_iou, shift
+
 Geoms = NDArray[np.object_]
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -50,10 +52,6 @@ MEANS = {
 }
 
 
-def _as_geoms(geoms: Geoms | Sequence[Any]) -> Geoms:
-    return np.asarray(geoms, dtype=object).reshape(-1)
-
-
 def _rings(geoms: Geoms) -> tuple[Geoms, I64]:
     """Every ring (exterior and holes, of every part) and the index of its polygon."""
     parts, owner = shapely.get_parts(geoms, return_index=True)
@@ -63,7 +61,7 @@ def _rings(geoms: Geoms) -> tuple[Geoms, I64]:
 
 def vertices(geoms: Geoms | Sequence[Any]) -> tuple[F64, I64]:
     """Vertex coordinates of every ring without its closing duplicate, and their polygon."""
-    rings, owner = _rings(_as_geoms(geoms))
+    rings, owner = _rings(as_geoms(geoms))
     xy, ring = shapely.get_coordinates(rings, return_index=True)
     closing = np.r_[ring[1:] != ring[:-1], True] if ring.size else np.zeros(0, dtype=bool)
     return xy[~closing], owner[ring[~closing]]
@@ -71,17 +69,9 @@ def vertices(geoms: Geoms | Sequence[Any]) -> tuple[F64, I64]:
 
 def vertex_counts(geoms: Geoms | Sequence[Any]) -> I64:
     """Vertices per polygon: all rings, closing duplicates left out, collinear ones counted."""
-    geoms = _as_geoms(geoms)
+    geoms = as_geoms(geoms)
     _, owner = vertices(geoms)
     return np.bincount(owner, minlength=geoms.shape[0]).astype(np.int64)
-
-
-def polygon_iou(pred: Geoms | Sequence[Any], truth: Geoms | Sequence[Any]) -> F64:
-    """Element-wise IoU (0 where the union is empty)."""
-    a, b = _as_geoms(pred), _as_geoms(truth)
-    inter = shapely.area(shapely.intersection(a, b))
-    union = shapely.area(a) + shapely.area(b) - inter
-    return np.asarray(np.divide(inter, union, out=np.zeros_like(inter), where=union > 0), dtype=np.float64)
 
 
 def complexity_iou(iou: F64, n_pred: I64, n_true: I64) -> F64:
@@ -108,14 +98,8 @@ def polis(pred: Geoms | Sequence[Any], truth: Geoms | Sequence[Any]) -> F64:
     vertices of A, ``b`` over the ``r`` vertices of B, and ``d(x, dY)`` is the distance
     from ``x`` to the nearest point of Y's boundary (all rings).
     """
-    a, b = _as_geoms(pred), _as_geoms(truth)
+    a, b = as_geoms(pred), as_geoms(truth)
     return np.asarray(0.5 * (_mean_vertex_distance(a, b) + _mean_vertex_distance(b, a)))
-
-
-def _shift(geoms: Geoms, origin: F64) -> Geoms:
-    """``geoms[i]`` moved by ``-origin[i]``."""
-    xy, idx = shapely.get_coordinates(geoms, return_index=True)
-    return np.asarray(shapely.set_coordinates(geoms.copy(), xy - origin[idx]), dtype=object)
 
 
 def _local(pred: Geoms, truth: Geoms) -> tuple[Geoms, Geoms]:
@@ -124,7 +108,7 @@ def _local(pred: Geoms, truth: Geoms) -> tuple[Geoms, Geoms]:
     GEOS's projections and rectangles lose digits at UTM coordinates (1e5-1e6 m).
     """
     origin = shapely.bounds(truth)[:, :2]
-    return _shift(pred, origin), _shift(truth, origin)
+    return shift(pred, origin), shift(truth, origin)
 
 
 def _samples(geoms: Geoms, spacing: float) -> tuple[F64, I64, I64]:
@@ -189,7 +173,7 @@ def max_tangent_error(
     Each pair is moved to its own origin first, so projections are exact to well under a
     micrometre at UTM coordinates.
     """
-    a_geoms, b_geoms = _local(_as_geoms(pred), _as_geoms(truth))
+    a_geoms, b_geoms = _local(as_geoms(pred), as_geoms(truth))
     out = np.full(a_geoms.shape[0], np.nan)
     a, nxt, owner = _samples(a_geoms, spacing_m)
     if owner.size == 0:
@@ -209,26 +193,6 @@ def max_tangent_error(
     return out
 
 
-def orientation(geoms: Geoms | Sequence[Any]) -> F64:
-    """Dominant orientation in [0, 90) degrees: the first side of the minimum rotated rectangle.
-
-    ``shapely.oriented_envelope`` (the minimum-area rectangle with GEOS >= 3.12); NaN where
-    the rectangle degenerates to a line or a point. A pixel-exact outline has only
-    axis-parallel edges, so edge-angle averages would give every pixel outline the grid's
-    orientation; its minimum rotated rectangle follows the building's walls.
-    """
-    geoms = _as_geoms(geoms)
-    rect = shapely.oriented_envelope(_shift(geoms, np.nan_to_num(shapely.bounds(geoms)[:, :2])))
-    out = np.full(rect.shape[0], np.nan)
-    is_poly = shapely.get_type_id(rect) == 3
-    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(rect[is_poly]), return_index=True)
-    first = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, np.int64)
-    d = xy[first + 1] - xy[first]
-    out[np.flatnonzero(is_poly)] = np.mod(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 90.0)
-    out[out >= 90.0] = 0.0
-    return out
-
-
 def rotation_error(pred: Geoms | Sequence[Any], truth: Geoms | Sequence[Any]) -> F64:
     """Difference of dominant orientations (:func:`orientation`) mod 90, folded into [0, 45] degrees."""
     diff = np.mod(np.abs(orientation(pred) - orientation(truth)), 90.0)
@@ -242,7 +206,7 @@ def _mean(values: F64) -> float | None:
 
 def summarize(pred: Geoms | Sequence[Any], truth: Geoms | Sequence[Any]) -> dict[str, float | int | None]:
     """Shape figures of matched pairs (metric CRS): means over pairs, None when there is none."""
-    a, b = _local(_as_geoms(pred), _as_geoms(truth))
+    a, b = _local(as_geoms(pred), as_geoms(truth))
     n_pred, n_true = vertex_counts(a), vertex_counts(b)
     iou = polygon_iou(a, b)
     tangent = max_tangent_error(a, b)

@@ -19,10 +19,16 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 
-from pipeline.config import PipelineConfig, outline_options
+from pipeline.config import PipelineConfig
 from pipeline.core.geo import pixel_size_m
 from pipeline.io.write import write_vector
-from pipeline.vectorize.buildings import Buildings, SceneRegions, buildings_from_regions, scene_regions
+from pipeline.vectorize.buildings import (
+    Buildings,
+    SceneRegions,
+    buildings_from_regions,
+    outline_options,
+    scene_regions,
+)
 from pipeline.vectorize.scoring import ScoreContext, Scorer, resolve_scorer
 
 VECTOR_NAMES = ("buildings.geojson", "buildings.gpkg", "buildings.parquet")

@@ -28,8 +28,8 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from pipeline.core.errors import OutputError
+from pipeline.tiling.stitch import MASK_NODATA
 
-MASK_NODATA = 255
 BLOCK = 512
 GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "2"}
 

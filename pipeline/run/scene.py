@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, default_checkpoint, outline_options
+from pipeline.config import PipelineConfig, default_checkpoint
 from pipeline.core.errors import Interrupted, NoDataError
 from pipeline.core.geo import pixel_size_m
 from pipeline.describe.outputs import describe_scene
@@ -34,7 +34,7 @@ from pipeline.run.restart import SceneState
 from pipeline.run.target import SceneTarget, display, finished_record, open_state, scene_id
 from pipeline.tiling.grid import TileGrid, lattice_step
 from pipeline.tiling.stitch import RowSink, Stitcher, TeeSink
-from pipeline.vectorize.buildings import Buildings, vectorize_scene
+from pipeline.vectorize.buildings import Buildings, outline_options, vectorize_scene
 from pipeline.vectorize.scoring import ScoreContext, Scorer, resolve_scorer
 from pipeline.vectorize.split import SeedSink
 

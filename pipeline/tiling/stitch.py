@@ -41,6 +41,8 @@ _Prediction = tuple[NDArray[np.uint8], NDArray[np.bool_]]
 
 #: Rows handed to the sinks at a time: bounds the transient arrays of a flush.
 FLUSH_ROWS = 128
+#: ``mask.tif``'s value where the input has no data (elsewhere 1 building, 0 background).
+MASK_NODATA = 255
 
 
 def threshold_u8(threshold: float) -> int:

@@ -1,18 +1,22 @@
-"""Vectorize: regions raster -> building polygons with metric post-processing.
+"""Buildings: filter and outline the polygonized regions of a raster, in metres.
 
 Polygonization is block-wise and seam-exact (:mod:`pipeline.vectorize.polygonize`); this module
-turns its :class:`~pipeline.vectorize.polygonize.Regions` into :class:`Buildings`: areas in m²
-(measured in a metric CRS, also for geographic scenes, see :mod:`pipeline.core.geo`), the
-``min_area_m2`` filter applied *after* seams are merged (a building cut by a block edge is
-never dropped piecewise), simplification with a tolerance in metres, and stable ids from
-the scene id and each building's first pixel. Rings are made canonical first
-(:mod:`pipeline.vectorize.rings`), so the delivered polygons do not depend on the block size.
+turns its :class:`~pipeline.vectorize.polygonize.Regions` into :class:`Buildings`. The
+regions go into the scene's metric frame once (:class:`~pipeline.core.geo.MetricFrame`;
+for a metric projected scene that is the scene CRS and nothing is reprojected), and
+everything after works in metres on those polygons: areas in m², the ``min_area_m2``
+filter applied *after* seams are merged (a building cut by a block edge is never dropped
+piecewise), the scorer's shape features, post-processing (:mod:`pipeline.vectorize.postprocess`)
+and the clip to the scene's outline. The delivered outlines go back to the scene CRS once.
+Ids are stable, from the scene id and each building's first pixel. Rings are made
+canonical first (:mod:`pipeline.vectorize.rings`), so the delivered polygons do not depend
+on the block size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import rasterio
@@ -20,6 +24,7 @@ import shapely
 from numpy.typing import NDArray
 from rasterio.crs import CRS
 
+from pipeline.config import VectorizeConfig
 from pipeline.core.errors import MissingCRSError
 from pipeline.core.geo import MetricFrame, pixel_size_m
 from pipeline.vectorize.overlaps import polygonal_part
@@ -29,7 +34,11 @@ from pipeline.vectorize.priors import Priors
 from pipeline.vectorize.rings import canonical_rings
 from pipeline.vectorize.scoring import ScoreContext, candidate_features
 
-Outlines = Callable[..., NDArray[np.object_]]
+Geoms = NDArray[np.object_]
+Outlines = Callable[..., Geoms]
+
+OUTLINE_SEGMENT_M = 500.0  # a scene edge reprojected in pieces this long is within 1 cm of its curve
+EARTH_RADIUS_M = 6_371_000.0  # metres per radian, to size those pieces in a geographic CRS
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class OutlineOptions:
         )
 
 
+def outline_options(section: VectorizeConfig) -> OutlineOptions:
+    """The config's ``vectorize:`` section as :class:`OutlineOptions` (its fields of the same names)."""
+    return OutlineOptions(**{f.name: getattr(section, f.name) for f in fields(OutlineOptions)})
+
+
 def make_ids(scene: str, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.str_]:
     """Stable ids ``{scene}-{row}-{col}`` from each building's first pixel."""
     pos = np.char.add(rows.astype(str), np.char.add("-", cols.astype(str)))
@@ -108,35 +122,33 @@ def buildings_from_regions(
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
-    raw = canonical_rings(
-        regions.geometry
-    )  # same rings whatever the block size: see pipeline.vectorize.rings
-    area = shapely.area(frame.to_metric(raw)) if len(regions) else np.empty(0)
+    raw = canonical_rings(regions.geometry)  # same rings whatever the block size: see vectorize.rings
+    metric, outline = _into_metric(frame, raw, bounds)
+    area = shapely.area(metric) if len(regions) else np.empty(0)
     keep = np.flatnonzero(area >= options.min_area_m2)
     if options.min_confidence > 0 and regions.mean is not None:
         keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
     table = None
     if scoring is not None:
-        table = _score(regions, keep, raw, frame, scoring, stats_scale)
+        table = _score(regions, keep, raw, metric, scoring, stats_scale)
         if scoring.scorer is not None:
             passed = scoring.scorer.keep(table)
             keep, table = keep[passed], table[passed]
     geoms = outlines(
-        raw[keep], frame=frame, fill_holes_m2=options.fill_holes_m2,
-        simplify_m=options.simplify_m, regularize=options.regularize,
-        angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
-        priors=options.priors,
+        metric[keep], fill_holes_m2=options.fill_holes_m2, simplify_m=options.simplify_m,
+        regularize=options.regularize, angle_tolerance_deg=options.angle_tolerance_deg,
+        min_edge_m=options.min_edge_m, pixel_m=pixel_m, priors=options.priors,
     )  # fmt: skip
     # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
-    geoms = polygonal_part(shapely.intersection(geoms, shapely.box(*bounds))) if geoms.size else geoms
-    alive = ~shapely.is_empty(geoms) if geoms.size else np.zeros(0, bool)
-    keep, geoms = keep[alive], geoms[alive]
+    geoms = polygonal_part(shapely.intersection(geoms, outline)) if geoms.size else geoms
+    delivered = _out_of_metric(frame, geoms)
+    alive = ~shapely.is_empty(delivered) if geoms.size else np.zeros(0, bool)
+    keep, geoms, delivered = keep[alive], geoms[alive], delivered[alive]
     mean = regions.mean[keep] / stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
-    out_area = shapely.area(frame.to_metric(geoms)) if geoms.size else np.empty(0)
     return Buildings(
-        geometry=geoms,
+        geometry=delivered,
         id=make_ids(scene, regions.first_row[keep], regions.first_col[keep]),
-        area_m2=np.asarray(out_area, dtype=np.float64),
+        area_m2=np.asarray(shapely.area(geoms) if geoms.size else np.empty(0), dtype=np.float64),
         confidence=mean.astype(np.float64),
         crs=regions.crs,
         keep=keep.astype(np.int64),
@@ -144,19 +156,50 @@ def buildings_from_regions(
     )
 
 
+def _into_metric(
+    frame: MetricFrame, raw: Geoms, bounds: tuple[float, float, float, float]
+) -> tuple[Geoms, shapely.Geometry]:
+    """The regions and the scene's outline in the metric frame: one reprojection.
+
+    A straight edge of a geographic scene is a curve in the metric CRS, so the outline is
+    densified first, to pieces of about :data:`OUTLINE_SEGMENT_M` (a piece of a parallel
+    that long deviates from its chord by under a centimetre up to 60° of latitude).
+    """
+    box = shapely.box(*bounds)
+    if frame.identity:
+        return raw, box
+    axis = frame.scene.axis_info[0]
+    unit_m = axis.unit_conversion_factor * (EARTH_RADIUS_M if frame.scene.is_geographic else 1.0)
+    outline = shapely.segmentize(box, OUTLINE_SEGMENT_M / unit_m)
+    both = frame.to_metric(np.concatenate([raw, np.array([outline], dtype=object)]))
+    return both[:-1], both[-1]
+
+
+def _out_of_metric(frame: MetricFrame, geoms: Geoms) -> Geoms:
+    """Metric polygons back in the scene CRS, repaired where the reprojection made one invalid."""
+    if frame.identity or geoms.size == 0:
+        return geoms
+    scene = frame.to_scene(geoms)
+    bad = ~shapely.is_valid(scene)
+    if bad.any():
+        scene[bad] = polygonal_part(scene[bad])
+    return scene
+
+
 def _score(
     regions: Regions,
     keep: NDArray[np.intp],
-    raw: NDArray[np.object_],
-    frame: MetricFrame,
+    raw: Geoms,
+    metric: Geoms,
     scoring: ScoreContext,
     stats_scale: float,
 ) -> NDArray[np.float64]:
     """The feature table of the candidates ``keep`` (confidence NaN-free: 0 without stats)."""
     conf = regions.mean[keep] / stats_scale if regions.mean is not None else np.zeros(keep.size)
     return candidate_features(
-        raw[keep], confidence=conf.astype(np.float64), frame=frame, probability_path=scoring.probability_path
-    )
+        raw[keep], metric=metric[keep], confidence=conf.astype(np.float64),
+        probability_path=scoring.probability_path,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import shapely
 from numpy.typing import NDArray
+
+from pipeline.vectorize.measure import as_geoms
 
 Geoms = NDArray[np.object_]
 F64 = NDArray[np.float64]
@@ -23,11 +23,6 @@ OVERLAP_M2 = 1e-9  # intersections smaller than this are touching, not overlappi
 SNAP_M = 0.25  # a polygon cut by a neighbour first snaps its vertices onto it within this
 SNAP_KEEP = 0.9  # ... unless snapping loses more than 10 % of what the plain cut keeps
 POLYGON, MULTIPOLYGON = 3, 6
-
-
-def as_geoms(geoms: Geoms | Sequence[object]) -> Geoms:
-    """A flat object array of geometries."""
-    return np.asarray(geoms, dtype=object).reshape(-1)
 
 
 def polygonal_part(geoms: Geoms) -> Geoms:

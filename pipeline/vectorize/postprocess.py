@@ -1,7 +1,9 @@
 """Post-processing of building polygons in a metric CRS: holes, orthogonal walls, no overlaps.
 
 Pixel polygons are staircases. :func:`postprocess` turns them into building-like outlines,
-everything in metres (see :class:`pipeline.core.geo.MetricFrame`):
+everything in metres: it takes and returns polygons in the metric CRS that
+:func:`pipeline.vectorize.buildings.buildings_from_regions` converts to once (see
+:class:`pipeline.core.geo.MetricFrame`):
 
 0. :func:`pipeline.vectorize.rings.canonical_rings` first: every step below depends on where a ring
    starts and which way it runs, so the same pixels give the same outline for any block size.
@@ -24,8 +26,8 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from pipeline.core.geo import MetricFrame
-from pipeline.vectorize.overlaps import MULTIPOLYGON, POLYGON, as_geoms, polygonal_part, remove_overlaps
+from pipeline.vectorize.measure import as_geoms
+from pipeline.vectorize.overlaps import MULTIPOLYGON, POLYGON, polygonal_part, remove_overlaps
 from pipeline.vectorize.priors import Priors
 from pipeline.vectorize.regularize import NO_PRIORS
 from pipeline.vectorize.regularize import regularize as square_outlines
@@ -93,9 +95,8 @@ def estimate_pixel_m(geoms: Geoms) -> float:
 
 
 def postprocess(
-    geoms_scene: Geoms,
+    metric: Geoms,
     *,
-    frame: MetricFrame,
     fill_holes_m2: float,
     simplify_m: float,
     regularize: bool,
@@ -104,25 +105,26 @@ def postprocess(
     pixel_m: float | None = None,
     priors: Priors = NO_PRIORS,
 ) -> Geoms:
-    """Holes, squaring (or simplification) and overlap removal, in metres; scene CRS in and out.
+    """Holes, squaring (or simplification) and overlap removal of polygons in a metric CRS.
 
-    One polygon per input, aligned; valid and pairwise non-overlapping. An output is an
-    empty polygon only when nothing of its input survives (a degenerate input, or a
-    building fully covered by a larger neighbour): drop those with ``shapely.is_empty``.
+    One polygon per input, aligned; valid and pairwise non-overlapping, in the input's CRS.
+    An output is an empty polygon only when nothing of its input survives (a degenerate
+    input, or a building fully covered by a larger neighbour): drop those with
+    ``shapely.is_empty``.
 
     Regularization simplifies with ``max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M,
     DP_PIXELS * pixel_m)``: Douglas-Peucker must be coarser than the pixel staircase or
     its steps survive as short diagonal edges. ``pixel_m`` (the raster's pixel size in
     metres) is estimated from the polygons when not given (:func:`estimate_pixel_m`).
     """
-    geoms = as_geoms(geoms_scene)
+    geoms = as_geoms(metric)
     if geoms.size == 0:
         return geoms
-    metric = canonical_rings(frame.to_metric(geoms))  # block-independent input: see pipeline.vectorize.rings
-    area = np.asarray(shapely.area(metric), dtype=np.float64)
-    filled = fill_holes(metric, max_hole_m2=fill_holes_m2)
+    geoms = canonical_rings(geoms)  # block-independent input: see pipeline.vectorize.rings
+    area = np.asarray(shapely.area(geoms), dtype=np.float64)
+    filled = fill_holes(geoms, max_hole_m2=fill_holes_m2)
     if regularize:
-        px = estimate_pixel_m(metric) if pixel_m is None else pixel_m
+        px = estimate_pixel_m(geoms) if pixel_m is None else pixel_m
         out = square_outlines(
             filled,
             angle_tolerance_deg=angle_tolerance_deg,
@@ -132,11 +134,5 @@ def postprocess(
         )
     else:
         out = shapely.simplify(filled, simplify_m, preserve_topology=True) if simplify_m > 0 else filled
-    touching = metric if regularize and priors.group_m > 0 else None  # shared walls stay one line
-    out = remove_overlaps(polygonal_part(out), priority=area, touching=touching)
-    scene = frame.to_scene(out)
-    bad = ~shapely.is_valid(scene)
-    if bad.any():
-        scene = scene.copy()
-        scene[bad] = polygonal_part(scene[bad])
-    return scene
+    touching = geoms if regularize and priors.group_m > 0 else None  # shared walls stay one line
+    return remove_overlaps(polygonal_part(out), priority=area, touching=touching)

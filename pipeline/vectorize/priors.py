@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.vectorize.rings import next_in_ring, open_rings, turn
+from pipeline.vectorize.rings import box_centres, next_in_ring, open_rings, turn
 
 Geoms = NDArray[np.object_]
 F64 = NDArray[np.float64]
@@ -55,8 +55,8 @@ def folded_difference(a: F64, b: F64) -> F64:
     return np.asarray(np.minimum(d, QUARTER - d), dtype=np.float64)
 
 
-def _circular_mean(theta: F64, weight: F64, group: NDArray[np.int64], n: int) -> F64:
-    """Weighted mean orientation (mod 90°) per group: angles x4 on the unit circle."""
+def circular_mean(theta: F64, weight: F64, group: NDArray[np.int64], n: int) -> F64:
+    """Weighted mean orientation (radians, mod 90°) per group 0..n-1: angles x4 on the unit circle."""
     c = np.bincount(group, weight * np.cos(4.0 * theta), minlength=n)
     s = np.bincount(group, weight * np.sin(4.0 * theta), minlength=n)
     mean = np.mod(np.arctan2(s, c) / 4.0, QUARTER)
@@ -85,7 +85,7 @@ def shared_orientations(
     a, b = a[link], b[link]
     graph = coo_matrix((np.ones(a.size), (a, b)), shape=(idx.size, idx.size))
     n, group = connected_components(graph, directed=False)
-    mean = _circular_mean(t, np.asarray(weight, dtype=np.float64)[idx], group, n)
+    mean = circular_mean(t, np.asarray(weight, dtype=np.float64)[idx], group, n)
     size = np.bincount(group, minlength=n)
     snap = (size[group] > 1) & (folded_difference(t, mean[group]) <= tol)
     out[idx[snap]] = mean[group[snap]]
@@ -97,8 +97,7 @@ def moment_rectangles(geoms: Geoms, theta: F64) -> Geoms:
     centroid and second moments along the rotated axes."""
     xy, idx, starts, counts = open_rings(shapely.get_exterior_ring(geoms))
     n = geoms.shape[0]
-    b = shapely.bounds(geoms)
-    origin = np.column_stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0])
+    origin = box_centres(geoms)
     p = turn(xy - origin[idx], idx, theta)
     q = p[next_in_ring(idx, starts, counts)]
     cross = p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1]

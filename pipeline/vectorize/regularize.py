@@ -7,9 +7,9 @@ building-like outline, in metres:
   raw pixel edges between its two end vertices (DP keeps a subset of the raw vertices).
 * The orientation theta is the first side of the outline's minimum rotated rectangle
   (``shapely.oriented_envelope``, the estimator of the rotation error metric), or with
-  ``orientation="walls"`` :func:`dominant_orientation`'s length-weighted circular mean
-  (angles x4) of the directions fitted to each edge's support (principal axis of its
-  pixel edges), which are within a fraction of a degree where DP chords between
+  ``orientation="walls"`` the length-weighted circular mean (angles x4) of the
+  directions fitted to each edge's support (principal axis of its pixel edges,
+  :func:`_fitted_orientation`), which are within a fraction of a degree where DP chords between
   staircase corners are 1-2 degrees off. The envelope is the default: measured, it is the
   closer to the true walls (DESIGN.md, "Choosing the regularizer").
 * Building-shaped priors (:mod:`pipeline.vectorize.priors`, optional): neighbours within
@@ -36,10 +36,10 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from pipeline.evaluation.polygon_metrics import orientation, polygon_iou
-from pipeline.vectorize.overlaps import POLYGON, as_geoms, polygonal_part
-from pipeline.vectorize.priors import Priors, moment_rectangles, shared_orientations
-from pipeline.vectorize.rings import next_in_ring, open_rings, turn
+from pipeline.vectorize.measure import as_geoms, orientation, polygon_iou
+from pipeline.vectorize.overlaps import POLYGON, polygonal_part
+from pipeline.vectorize.priors import Priors, circular_mean, moment_rectangles, shared_orientations
+from pipeline.vectorize.rings import box_centres, next_in_ring, open_rings, turn
 from pipeline.vectorize.squaring import D, Group, H, Point, V, snap_ring
 
 Geoms = NDArray[np.object_]
@@ -53,28 +53,7 @@ COLLINEAR_M = 1e-6  # vertices this close to the line of their neighbours are dr
 NO_PRIORS = Priors()
 
 
-def dominant_orientation(geoms: Geoms) -> F64:
-    """Wall direction in [0, 90) degrees per polygon: length-weighted circular mean mod 90°.
-
-    Edge angles are multiplied by 4 on the unit circle, so walls at 0, 90, 180 and 270
-    degrees count as one direction. Polygons without edges get 0.
-    """
-    geoms = as_geoms(geoms)
-    n = geoms.shape[0]
-    xy, idx = shapely.get_coordinates(shapely.get_exterior_ring(geoms), return_index=True)
-    same = idx[1:] == idx[:-1]
-    d = np.diff(xy, axis=0)[same]
-    pid = idx[1:][same]
-    length = np.hypot(d[:, 0], d[:, 1])
-    angle4 = 4.0 * np.arctan2(d[:, 1], d[:, 0])
-    c = np.bincount(pid, length * np.cos(angle4), minlength=n)
-    s = np.bincount(pid, length * np.sin(angle4), minlength=n)
-    theta = np.mod(np.degrees(np.arctan2(s, c)) / 4.0, 90.0)
-    theta[theta >= 90.0] = 0.0
-    return np.asarray(theta, dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- edge tables
+# --------------------------------------------------------------------------- edge support
 
 
 def _match_vertices(raw_xy: F64, raw_idx: I64, s_xy: F64, s_idx: I64) -> I64:
@@ -140,20 +119,16 @@ def _support_moments(raw_rel: F64, nxt: I64, edge: I64, ns: int) -> F64:
 def _fitted_orientation(mom: F64, chord: F64, s_idx: I64, n: int) -> F64:
     """Orientation (radians, [0, pi/2)) from the principal direction of each edge's support.
 
-    Like :func:`dominant_orientation` (angles x4, weighted by chord length), but each DP
-    edge contributes the direction fitted to its raw pixel edges, not its chord between
-    two staircase corners (about 1.5° off on a 10 m wall at 0.3 m pixels).
+    A circular mean mod 90° (angles x4, weighted by chord length) in which each DP edge
+    contributes the direction fitted to its raw pixel edges, not its chord between two
+    staircase corners (about 1.5° off on a 10 m wall at 0.3 m pixels).
     """
     w = np.maximum(mom[0], 1e-12)
     cxx = mom[3] - mom[1] ** 2 / w
     cyy = mom[4] - mom[2] ** 2 / w
     cxy = mom[5] - mom[1] * mom[2] / w
-    phi4 = 2.0 * np.arctan2(2.0 * cxy, cxx - cyy)
-    c = np.bincount(s_idx, chord * np.cos(phi4), minlength=n)
-    s = np.bincount(s_idx, chord * np.sin(phi4), minlength=n)
-    theta = np.mod(np.arctan2(s, c) / 4.0, np.pi / 2.0)
-    theta[theta >= np.pi / 2.0] = 0.0
-    return np.asarray(theta, dtype=np.float64)
+    principal = np.arctan2(2.0 * cxy, cxx - cyy) / 2.0  # direction of each edge's support
+    return circular_mean(principal, chord, s_idx, n)
 
 
 def _classify(d: F64, tolerance_deg: float) -> I64:
@@ -240,8 +215,7 @@ def _orthogonal_shells(
 ) -> tuple[Geoms, Mask, F64]:  # fmt: skip
     """Squared exterior rings in the metric frame, which polygons got one, and the orientations."""
     n = raw.shape[0]
-    b = shapely.bounds(simple)
-    origin = np.column_stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0])
+    origin = box_centres(simple)
     table = edge_table(raw, simple, origin)
     theta = _orientations(raw, table, priors)
     groups, ok = _groups(table, theta, angle_tolerance_deg), table.ok.copy()

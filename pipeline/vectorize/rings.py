@@ -84,6 +84,12 @@ def turn(xy: F64, idx: I64, theta: F64, *, back: bool = False) -> F64:
     return np.column_stack([c * x + s * y, -s * x + c * y])
 
 
+def box_centres(geoms: Geoms) -> F64:
+    """The centre of each geometry's bounding box, (n, 2): the origin :func:`turn` rotates about."""
+    b = shapely.bounds(geoms)
+    return np.column_stack([(b[:, 0] + b[:, 2]) / 2.0, (b[:, 1] + b[:, 3]) / 2.0])
+
+
 def drop_redundant_vertices(geoms: Geoms | Sequence[object]) -> Geoms:
     """Polygons without repeated or collinear ring vertices; other geometries pass unchanged.
 

@@ -7,8 +7,8 @@ probability that it is a real building (that it matches a true one at IoU 0.5), 
 candidates under the scorer's threshold are dropped.
 
 Features are computed on the raw pixel outline, before simplification and squaring, so
-they do not depend on the post-processing; lengths and areas are metric
-(:class:`~pipeline.core.geo.MetricFrame`):
+they do not depend on the post-processing; lengths and areas are measured on the outlines
+in metres that the vectorizer converted them to (:class:`~pipeline.core.geo.MetricFrame`):
 
 * ``log_area``: log10 of the area in m²;
 * ``confidence``: mean building probability inside (the delivered ``confidence``);
@@ -42,7 +42,6 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.geo import MetricFrame
 
 FEATURES = (
     "log_area", "confidence", "solidity", "rectangularity", "compactness", "edge_in", "edge_out", "contrast",
@@ -113,12 +112,13 @@ def _bands(values: NDArray[np.float64], inside: NDArray[np.bool_]) -> tuple[floa
 def candidate_features(
     polygons: NDArray[np.object_],
     *,
+    metric: NDArray[np.object_],
     confidence: NDArray[np.float64],
-    frame: MetricFrame,
     probability_path: str,
 ) -> NDArray[np.float64]:
-    """The :data:`FEATURES` table (n, 8) of raw outlines in the scene CRS."""
-    shape = shape_features(frame.to_metric(polygons))
+    """The :data:`FEATURES` table (n, 8) of raw outlines: ``polygons`` in the raster's CRS (their
+    border bands) and the same outlines in metres, ``metric`` (their shape)."""
+    shape = shape_features(metric)
     edges = edge_features(polygons, probability_path)
     cols = [shape[:, :1], confidence.reshape(-1, 1), shape[:, 1:], edges, edges[:, :1] - edges[:, 1:]]
     return np.concatenate(cols, axis=1)

@@ -1,4 +1,4 @@
-"""Regions: split the building mask into one region per building, streamed.
+"""Split: the building mask into one region per building, streamed.
 
 The model's second channel marks each building's inner border (class ``boundary``) or
 the strip where two buildings meet (class ``contact``, see :func:`pipeline.training.dataset.contact_target`);
@@ -37,8 +37,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage
 
-from pipeline.io.write import MASK_NODATA
-from pipeline.tiling.stitch import threshold_u8
+from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
 UNSEEDED = np.uint32(np.iinfo(np.uint32).max - 1)

@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from shapely import affinity
 
-from pipeline.config import load_config, outline_options
-from pipeline.evaluation.polygon_metrics import orientation as orientation_of
+from pipeline.config import load_config
+from pipeline.vectorize.buildings import outline_options
+from pipeline.vectorize.measure import orientation as orientation_of
 from pipeline.vectorize.postprocess import postprocess
 from pipeline.vectorize.priors import Priors, folded_difference, moment_rectangles, shared_orientations
 from pipeline.vectorize.regularize import regularize
-from tests.vectorize.test_regularize import UTM, corner_cosines, iou, pixels, rectangle
+from tests.vectorize.test_regularize import corner_cosines, iou, pixels, rectangle
 from tests.vectorize.test_rings import assert_block_independent, building
 
 Geoms = NDArray[np.object_]
@@ -77,7 +78,7 @@ def test_shared_walls_stay_aligned_and_nothing_overlaps() -> None:
     assert raw.size == 2 and shapely.touches(raw[0], raw[1])
     v = load_config(None).vectorize
     out = postprocess(
-        raw, frame=UTM, fill_holes_m2=1.0, simplify_m=v.simplify_m, regularize=True,
+        raw, fill_holes_m2=1.0, simplify_m=v.simplify_m, regularize=True,
         angle_tolerance_deg=15.0, min_edge_m=v.min_edge_m, pixel_m=0.3, priors=GROUP,
     )  # fmt: skip
     assert np.all(shapely.is_valid(out))
@@ -163,7 +164,7 @@ def test_priors_leave_no_overlap_and_stay_in_the_scene() -> None:
     v = load_config(None).vectorize
     priors = Priors(group_m=3.0, group_tolerance_deg=8.0, rectangle_iou=0.8)
     out = postprocess(
-        raw, frame=UTM, fill_holes_m2=1.0, simplify_m=v.simplify_m, regularize=True, angle_tolerance_deg=15.0,
+        raw, fill_holes_m2=1.0, simplify_m=v.simplify_m, regularize=True, angle_tolerance_deg=15.0,
         min_edge_m=v.min_edge_m, pixel_m=0.3, priors=priors,
     )  # fmt: skip
     out = out[~shapely.is_empty(out)]

@@ -9,18 +9,17 @@ import pytest
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
-from pyproj import CRS as ProjCRS
 from rasterio.features import rasterize
 from shapely import affinity
 
 from pipeline.config import REPO_ROOT, PipelineConfig, load_config
 from pipeline.core.errors import ConfigError
-from pipeline.core.geo import MetricFrame, reproject
-from pipeline.evaluation.polygon_metrics import polygon_iou
+from pipeline.core.geo import MetricFrame
+from pipeline.vectorize.measure import orientation, polygon_iou
 from pipeline.vectorize.overlaps import remove_overlaps
 from pipeline.vectorize.polygonize import reference_polygons
 from pipeline.vectorize.postprocess import estimate_pixel_m, fill_holes, postprocess
-from pipeline.vectorize.regularize import dominant_orientation, regularize
+from pipeline.vectorize.regularize import regularize
 
 PIXEL = 0.3
 GRID = Affine(PIXEL, 0.0, 600000.0, 0.0, -PIXEL, 3300060.0)
@@ -67,27 +66,20 @@ def test_rotated_staircase_rectangle_becomes_exact_rectangle() -> None:
     assert out.is_valid and out.geom_type == "Polygon"
     assert shapely.get_num_coordinates(out) == 5
     assert np.all(corner_cosines(out) < 1e-6)
-    assert dominant_orientation(np.array([out]))[0] == pytest.approx(30.0, abs=2.0)
+    assert orientation(np.array([out]))[0] == pytest.approx(30.0, abs=2.0)
     assert iou(out, truth) > 0.95
     assert iou(out, truth) > iou(raw[0], truth)  # closer to the true walls than the staircase
-
-
-def test_dominant_orientation_of_simplified_staircase() -> None:
-    raw = pixels(rectangle(30.0))
-    assert dominant_orientation(raw)[0] == pytest.approx(0.0)  # pixel edges only
-    simple = shapely.simplify(raw, 0.5)
-    assert dominant_orientation(simple)[0] == pytest.approx(30.0, abs=2.0)
 
 
 @pytest.mark.parametrize("angle", [0.0, 90.0, 180.0, 270.0])
 def test_orientation_axis_aligned_square_is_zero(angle: float) -> None:
     square = affinity.rotate(shapely.box(0, 0, 10, 10), angle, origin="centroid")
-    assert dominant_orientation(np.array([square]))[0] == pytest.approx(0.0, abs=1e-9)
+    assert orientation(np.array([square]))[0] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_orientation_folds_into_0_90() -> None:
     geoms = np.array([affinity.rotate(shapely.box(0, 0, 10, 6), a) for a in (-20.0, 70.0, 160.0, 250.0)])
-    np.testing.assert_allclose(dominant_orientation(geoms), 70.0, atol=1e-9)
+    np.testing.assert_allclose(orientation(geoms), 70.0, atol=1e-9)
 
 
 def test_l_shape_keeps_six_corners() -> None:
@@ -174,31 +166,16 @@ def test_postprocess_valid_and_non_overlapping() -> None:
     assert raw.size == 2 and shapely.touches(raw[0], raw[1])
     for reg in (True, False):
         out = postprocess(
-            raw, frame=UTM, fill_holes_m2=1.0, simplify_m=0.3, regularize=reg,
+            raw, fill_holes_m2=1.0, simplify_m=0.3, regularize=reg,
             angle_tolerance_deg=15.0, min_edge_m=1.0,
         )  # fmt: skip
         assert out.shape == (2,) and np.all(shapely.is_valid(out)) and not np.any(shapely.is_empty(out))
         assert shapely.area(shapely.intersection(out[0], out[1])) < 1e-6
         assert np.all(polygon_iou(out, raw) > 0.85)
     squared = postprocess(
-        raw, frame=UTM, fill_holes_m2=1.0, simplify_m=0.3, regularize=True,
-        angle_tolerance_deg=15.0, min_edge_m=1.0,
-    )  # fmt: skip
+        raw, fill_holes_m2=1.0, simplify_m=0.3, regularize=True, angle_tolerance_deg=15.0, min_edge_m=1.0
+    )
     assert shapely.get_num_coordinates(squared).max() <= 7
-
-
-def test_postprocess_geographic_scene() -> None:
-    """A scene in EPSG:4326 is processed in metres (its UTM zone) and comes back in degrees."""
-    lonlat = reproject(two_touching_houses(), src=UTM.metric, dst=ProjCRS.from_epsg(4326))
-    x0, y0, x1, y1 = shapely.total_bounds(lonlat)
-    frame = MetricFrame.for_scene(ProjCRS.from_epsg(4326), (x0, y0, x1, y1))
-    out = postprocess(
-        lonlat, frame=frame, fill_holes_m2=1.0, simplify_m=0.3, regularize=True,
-        angle_tolerance_deg=15.0, min_edge_m=1.0,
-    )  # fmt: skip
-    assert np.all(shapely.is_valid(out)) and np.all(np.abs(shapely.get_coordinates(out)) <= 180)
-    assert shapely.get_num_coordinates(out[0]) == 5
-    assert np.all(polygon_iou(frame.to_metric(out), frame.to_metric(lonlat)) > 0.85)
 
 
 def test_remove_overlaps_larger_keeps_the_overlap() -> None:

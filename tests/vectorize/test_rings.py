@@ -19,9 +19,8 @@ from rasterio.crs import CRS
 from typer.testing import CliRunner
 
 from pipeline.cli.vectorize import register
-from pipeline.config import load_config, outline_options
-from pipeline.core.geo import MetricFrame
-from pipeline.vectorize.buildings import OutlineOptions, buildings_from_regions
+from pipeline.config import load_config
+from pipeline.vectorize.buildings import OutlineOptions, buildings_from_regions, outline_options
 from pipeline.vectorize.polygonize import polygonize_array, reference_polygons
 from pipeline.vectorize.postprocess import postprocess
 from pipeline.vectorize.rings import canonical_rings, drop_redundant_vertices
@@ -117,11 +116,10 @@ def test_postprocess_does_not_depend_on_ring_start_or_direction() -> None:
     ring = shapely.get_coordinates(poly.exterior)[:-1]
     variants = [shapely.Polygon(np.roll(ring, k, axis=0)) for k in range(0, len(ring), 3)]
     variants.append(shapely.Polygon(ring[::-1]))
-    frame = MetricFrame.for_scene(CRS.from_string(UTM_CRS), (600000.0, 3299970.0, 600030.0, 3300000.0))
     v = load_config(None).vectorize
     out = [
         postprocess(
-            np.asarray([p], dtype=object), frame=frame, fill_holes_m2=v.fill_holes_m2,
+            np.asarray([p], dtype=object), fill_holes_m2=v.fill_holes_m2,
             simplify_m=v.simplify_m, regularize=v.regularize, angle_tolerance_deg=v.angle_tolerance_deg,
             min_edge_m=v.min_edge_m, pixel_m=ORIGIN.a,
         )[0]

@@ -12,7 +12,6 @@ import shapely
 from affine import Affine
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.geo import MetricFrame
 from pipeline.vectorize.buildings import OutlineOptions, vectorize_scene
 from pipeline.vectorize.scoring import (
     FEATURES,
@@ -23,7 +22,7 @@ from pipeline.vectorize.scoring import (
     resolve_scorer,
     shape_features,
 )
-from tests.conftest import UTM_CRS, write_tif
+from tests.conftest import write_tif
 
 PX = 0.5
 TRANSFORM = Affine(PX, 0, 600000.0, 0, -PX, 3300000.0)
@@ -69,11 +68,8 @@ def test_candidate_features_order_follows_features(tmp_path: Path) -> None:
     prob = np.zeros((30, 30), np.uint8)
     prob[5:25, 5:25] = 204
     path = write_tif(tmp_path / "p.tif", prob, transform=TRANSFORM)
-    frame = MetricFrame.for_scene(__import__("rasterio").crs.CRS.from_string(UTM_CRS), (0, 0, 1, 1))
-    table = candidate_features(
-        np.array([_box_px(5, 5, 25, 25)], dtype=object), confidence=np.array([0.8]), frame=frame,
-        probability_path=str(path),
-    )  # fmt: skip
+    box = np.array([_box_px(5, 5, 25, 25)], dtype=object)  # the raster's CRS is metric
+    table = candidate_features(box, metric=box, confidence=np.array([0.8]), probability_path=str(path))
     row = dict(zip(FEATURES, table[0], strict=True))
     assert row["log_area"] == pytest.approx(2.0)  # 10 m x 10 m
     assert row["confidence"] == 0.8 and row["solidity"] == pytest.approx(1.0)
