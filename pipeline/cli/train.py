@@ -10,14 +10,13 @@ from __future__ import annotations
 import inspect
 import json
 import typing
-import warnings
 from dataclasses import MISSING, fields
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from pipeline.cli.console import friendly_errors
+from pipeline.cli.console import friendly_errors, show_warnings
 from pipeline.core.errors import FootprintsError
 from pipeline.training.options import TrainOptions
 
@@ -33,15 +32,6 @@ COMMAND_OPTIONS: tuple[inspect.Parameter, ...] = tuple(
         ("as_json", Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]),
     )
 )
-
-
-def _show_warnings() -> None:
-    def show(
-        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
-    ) -> None:
-        _err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    warnings.showwarning = show
 
 
 def option_parameters() -> list[inspect.Parameter]:
@@ -76,7 +66,7 @@ def train_command(*, resume: bool = False, as_json: bool = False, **options: Any
     """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
     from pipeline.training.train import train
 
-    _show_warnings()
+    show_warnings(_err)
     try:
         summary = train(TrainOptions(**options), resume=resume)
     except FootprintsError as exc:
