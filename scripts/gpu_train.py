@@ -50,20 +50,23 @@ def _arguments() -> argparse.Namespace:
 def main() -> None:
     args = _arguments()
     from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.training.options import TrainOptions
     from pipeline.training.train import train
 
     device = "cpu" if args.dry_run else "cuda"
     common: dict[str, Any] = {
-        "data": args.data, "init": args.init, "device": device, "crop": args.crop,
+        "data": str(args.data), "init": str(args.init), "device": device, "crop": args.crop,
         "batch_size": args.batch_size, "workers": args.workers, "lr": args.lr,
-        "output_stride": args.output_stride, "boundary_dice": True, "progress": True,
+        "output_stride": args.output_stride, "boundary_dice": True,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     probe_steps = 3 if args.dry_run else 40
     started = time.perf_counter()
     probe = train(
-        out=args.work / "probe.safetensors", steps=probe_steps, val_every=10**6,
-        checkpoint_every=10**6, **common,
+        TrainOptions(
+            out=str(args.work / "probe.safetensors"), steps=probe_steps, val_every=10**6,
+            checkpoint_every=10**6, **common,
+        )
     )  # fmt: skip
     per_step = float(probe["seconds_per_step"])
     validation_s = float(probe["history"][-1]["seconds"]) if probe["history"] else 0.0
@@ -72,8 +75,10 @@ def main() -> None:
     val_every = max(1, steps // 4)
     work = args.work / "model.safetensors"
     summary = train(
-        out=work, steps=steps, val_every=val_every, checkpoint_every=val_every,
-        max_minutes=args.minutes, **common,
+        TrainOptions(
+            out=str(work), steps=steps, val_every=val_every, checkpoint_every=val_every,
+            max_minutes=args.minutes, **common,
+        )
     )  # fmt: skip
     loaded = load_checkpoint(work)
     out = args.out / "model.safetensors"

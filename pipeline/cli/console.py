@@ -1,14 +1,17 @@
 """Shared CLI plumbing: footprints errors become one line on stderr and exit code 2.
 
 A full disk or a folder that cannot be written (an ``OSError`` that no footprints check
-caught first) is one line too, and Ctrl-C is one line and exit code 130.
+caught first) is one line too, and Ctrl-C is one line and exit code 130. Warnings are one
+line each as well (:func:`show_warnings`).
 """
 
 from __future__ import annotations
 
 import errno
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -44,6 +47,17 @@ def friendly_errors(err: Console | None = None) -> Iterator[None]:
         text = str(exc) if isinstance(exc, Interrupted) else "interrupted"
         console.print(text, highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
+
+
+def show_warnings(console: Console) -> None:
+    """Print Python warnings as one ``warning:`` line each on ``console`` (no file and line)."""
+
+    def show(
+        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
 
 
 def _error(console: Console, text: str) -> None:

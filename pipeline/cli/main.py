@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pipeline.cli.console import friendly_errors
+from pipeline.cli.console import friendly_errors, show_warnings
 from pipeline.config import load_config
 from pipeline.core.errors import FootprintsError
 
@@ -43,15 +42,6 @@ def _main(
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/).")]
 ModelOpt = Annotated[Path | None, typer.Option("--model", help="safetensors checkpoint.")]
 SchedOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler tcp://HOST:PORT.")]
-
-
-def _show_warnings() -> None:
-    def show(
-        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
-    ) -> None:
-        err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    warnings.showwarning = show
 
 
 @app.command()
@@ -87,7 +77,7 @@ def segment(
     from pipeline.run.progress import ProgressReporter
     from pipeline.run.scene import segment_scene
 
-    _show_warnings()
+    show_warnings(err)
     with friendly_errors(err):
         cfg = load_config(config, **{"dask.scheduler": scheduler})
         if dashboard and cfg.dask.dashboard is None:
@@ -153,7 +143,7 @@ def bench(
     the workers' busy share and peak RSS."""
     from pipeline.run.bench import format_report, run_bench
 
-    _show_warnings()
+    show_warnings(err)
     with friendly_errors(err):
         cfg = load_config(config)
         report = run_bench(

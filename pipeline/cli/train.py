@@ -1,109 +1,85 @@
-"""``footprints train``: the training command, registered on the main typer app by :func:`register`."""
+"""``footprints train``: the training command, registered on the main typer app by :func:`register`.
+
+Its options are generated from :class:`pipeline.training.options.TrainOptions`: one option per
+field, ``--field-name``, with the field's default and its ``help`` metadata. Only ``--resume`` and
+``--json`` belong to the command itself (how to run, not what to train).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
-import warnings
-from pathlib import Path
+import typing
+from dataclasses import MISSING, fields
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from pipeline.cli.console import friendly_errors
+from pipeline.cli.console import friendly_errors, show_warnings
 from pipeline.core.errors import FootprintsError
+from pipeline.training.options import TrainOptions
 
-__all__ = ["register"]
+__all__ = ["option_parameters", "register"]
 
 _err = Console(stderr=True)
 
+#: The command's own options, beside one per :class:`TrainOptions` field.
+COMMAND_OPTIONS: tuple[inspect.Parameter, ...] = tuple(
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation)
+    for name, annotation in (
+        ("resume", Annotated[bool, typer.Option("--resume", help="Continue from <out stem>.state.pt.")]),
+        ("as_json", Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]),
+    )
+)
 
-def _show_warnings() -> None:
-    def show(
-        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
-    ) -> None:
-        _err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
-    warnings.showwarning = show
+def option_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per :class:`TrainOptions` field, annotated as a typer option."""
+    hints = typing.get_type_hints(TrainOptions)
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if f.default is MISSING else f.default,
+            annotation=Annotated[
+                hints[f.name], typer.Option("--" + f.name.replace("_", "-"), help=f.metadata["help"])
+            ],
+        )
+        for f in fields(TrainOptions)
+    ]
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+        return
+    iou = summary["validation"].get("iou", float("nan"))
+    _err.print(
+        f"{summary['steps']} steps -> {summary['out']} (best step {summary['best_step']}, "
+        f"val IoU {iou:.4f} at threshold {summary['threshold']}, {summary['seconds_per_step']} s/step)",
+        highlight=False,
+    )
+
+
+def train_command(*, resume: bool = False, as_json: bool = False, **options: Any) -> None:
+    """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
+    from pipeline.training.train import train
+
+    show_warnings(_err)
+    try:
+        summary = train(TrainOptions(**options), resume=resume)
+    except FootprintsError as exc:
+        with friendly_errors(_err):
+            raise exc from None
+    _print_summary(summary, as_json)
+
+
+_PARAMETERS = [*option_parameters(), *COMMAND_OPTIONS]
+train_command.__signature__ = inspect.Signature(_PARAMETERS)  # type: ignore[attr-defined]
+train_command.__annotations__ = {p.name: p.annotation for p in _PARAMETERS}
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to ``app``."""
-
-    @app.command("train")
-    def train_command(
-        data: Annotated[Path, typer.Option("--data", help="DATASET.yaml (see configs/dataset.yaml).")],
-        out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.safetensors).")],
-        resume: Annotated[bool, typer.Option("--resume", help="Continue from <out stem>.state.pt.")] = False,
-        steps: Annotated[int, typer.Option("--steps", help="Total optimiser steps.")] = 3000,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per step (>= 2).")] = 8,
-        crop: Annotated[int, typer.Option("--crop", help="Crop side in px at the training GSD.")] = 384,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of torch, numpy and random.")] = 0,
-        val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps.")] = 250,
-        checkpoint_every: Annotated[
-            int, typer.Option("--checkpoint-every", help="Write the resume state every N steps.")
-        ] = 100,
-        encoder: Annotated[str, typer.Option("--encoder", help="efficientnet-lite0/1/2 or an smp name.")] = (
-            "efficientnet-lite0"
-        ),
-        output_stride: Annotated[int, typer.Option("--output-stride", help="16 or 8.")] = 16,
-        lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 5e-4,
-        init: Annotated[
-            Path | None, typer.Option("--init", help="Start from this checkpoint's weights (fine-tune).")
-        ] = None,
-        boundary_weight: Annotated[
-            float, typer.Option("--boundary-weight", help="Weight of the second class's loss.")
-        ] = 0.5,
-        boundary_dice: Annotated[
-            bool, typer.Option("--boundary-dice", help="Add soft Dice to the second class (rare classes).")
-        ] = False,
-        loss: Annotated[
-            str, typer.Option("--loss", help="Pixel loss beside Dice: bce, or focal (10 x focal, gamma 2).")
-        ] = "bce",
-        workers: Annotated[
-            int, typer.Option("--workers", help="Processes cropping batches (0: in the trainer, resumable).")
-        ] = 0,
-        max_minutes: Annotated[
-            float | None, typer.Option("--max-minutes", help="Stop, validate and save after this long.")
-        ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    ) -> None:
-        """Train DeepLabV3 on DATA and write the best checkpoint to OUT."""
-        from pipeline.training.train import train
-
-        _show_warnings()
-        try:
-            summary = train(
-                data=data,
-                out=out,
-                resume=resume,
-                steps=steps,
-                device=device,
-                seed=seed,
-                batch_size=batch_size,
-                crop=crop,
-                encoder=encoder,
-                output_stride=output_stride,
-                lr=lr,
-                init=init,
-                boundary_weight=boundary_weight,
-                boundary_dice=boundary_dice,
-                loss=loss,
-                val_every=val_every,
-                checkpoint_every=checkpoint_every,
-                workers=workers,
-                max_minutes=max_minutes,
-            )
-        except FootprintsError as exc:
-            with friendly_errors(_err):
-                raise exc from None
-        if as_json:
-            typer.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-            return
-        iou = summary["validation"].get("iou", float("nan"))
-        _err.print(
-            f"{summary['steps']} steps -> {summary['out']} (best step {summary['best_step']}, "
-            f"val IoU {iou:.4f} at threshold {summary['threshold']}, {summary['seconds_per_step']} s/step)",
-            highlight=False,
-        )
+    app.command("train")(train_command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,12 +47,21 @@ class ModelSource(Protocol):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto`` picks CUDA when available, else the CPU; a name torch does not know, or CUDA
+    where there is none, is a :class:`ConfigError`."""
     import torch
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"device {device!r} is not a torch device ({exc}); use auto, cpu or cuda[:N]"
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available here; use cpu or auto")
+    return resolved
 
 
 #: Resampling is skipped when input and model GSD agree within this relative tolerance.
@@ -93,6 +103,22 @@ def output_stride(model: Any) -> int:
     """A forward's ``output_stride`` (a bare DeepLabV3 module: its spec's; else 1)."""
     stride: Any = getattr(model, "output_stride", None)
     return int(stride or getattr(getattr(model, "spec", None), "output_stride", 1))
+
+
+def normalize(
+    pixels: NDArray[np.uint8], *, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float tensor on ``device``, scaled to [0, 1] and normalized with
+    ``mean`` and ``std`` (on CUDA through pinned memory). Training normalizes its crops with it too."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(pixels))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    x = x.float().div_(255.0)
+    mean_t = torch.tensor(tuple(mean), device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(tuple(std), device=device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 @dataclass
@@ -148,16 +174,8 @@ class TorchSegmenter:
         return (prob / (1 + len(dims)))[..., :height, :width]
 
     def normalize(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> float tensor on the device, scaled to [0, 1] and normalized."""
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(pixels))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.float().div_(255.0)
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        """:func:`normalize` with this segmenter's mean, std and device."""
+        return normalize(pixels, mean=self.mean, std=self.std, device=self.device)
 
     def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]:
         import torch

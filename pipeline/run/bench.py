@@ -33,7 +33,8 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
-from pipeline.run.dispatch import PLUGIN_NAME, ModelPlugin, connect, predict_by_shape, workers_have_gpus
+from pipeline.model.tiled import predict_by_shape
+from pipeline.run.dispatch import PLUGIN_NAME, ModelPlugin, connect, workers_have_gpus
 from pipeline.run.scene import ModelChoice, ScenePlan, choose_model, plan_for, segment_scene
 from pipeline.tiling.grid import Tile
 

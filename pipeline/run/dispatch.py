@@ -28,6 +28,7 @@ from rasterio.errors import RasterioError
 from pipeline.core.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
+from pipeline.model.tiled import predict_by_shape
 from pipeline.run.hardware import device_label
 from pipeline.run.restart import SKIPPED, TileCache
 from pipeline.tiling.grid import Tile, TileGrid
@@ -202,21 +203,6 @@ def _spans(clock: list[tuple[float, float]]) -> tuple[float, ...]:
     inferring and at the end of a task."""
     (w0, c0), (w1, c1), (w2, c2), (w3, c3) = clock
     return (w3 - w0, w1 - w0, w2 - w1, c3 - c0, c1 - c0, c2 - c1)
-
-
-def predict_by_shape(
-    segmenter: Any, pixels: list[NDArray[np.uint8]], *, scale: float
-) -> list[NDArray[np.uint8]]:
-    """Predict tiles in one stack per shape (the last row and column of a grid on the
-    model's lattice may be a little smaller), returning them in the given order."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, px in enumerate(pixels):
-        groups.setdefault(px.shape, []).append(i)
-    out: list[NDArray[np.uint8]] = [np.empty(0, np.uint8)] * len(pixels)
-    for idx in groups.values():
-        for i, p in zip(idx, segmenter.predict(np.stack([pixels[i] for i in idx]), scale=scale), strict=True):
-            out[i] = p
-    return out
 
 
 def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:

@@ -32,7 +32,7 @@ from pipeline.run.outdir import publish_outputs
 from pipeline.run.record import run_record, utc_now
 from pipeline.run.restart import SceneState
 from pipeline.run.target import SceneTarget, display, finished_record, open_state, scene_id
-from pipeline.tiling.grid import TileGrid, lattice_step
+from pipeline.tiling.grid import TileGrid, model_grid
 from pipeline.tiling.stitch import RowSink, Stitcher, TeeSink
 from pipeline.vectorize.buildings import Buildings, outline_options, vectorize_scene
 from pipeline.vectorize.scoring import ScoreContext, Scorer, resolve_scorer
@@ -128,13 +128,14 @@ def plan_scene(
     if abs(scale - 1.0) <= SCALE_TOLERANCE:
         scale = 1.0
     tc = config.tiling
-    grid = TileGrid.aligned(
+    grid = model_grid(
         height=info.height,
         width=info.width,
-        tile_size=(tile := max(16, round(tc.tile_size / scale))),
-        overlap=min(round(tc.overlap / scale), tile // 2),
+        tile_size=tc.tile_size,
+        overlap=tc.overlap,
+        scale=scale,
+        model_stride=model_stride if tc.align_to_model else None,
         block_shape=info.block_shape if tc.align_to_blocks else None,
-        lattice=lattice_step(scale, model_stride) if model_stride and tc.align_to_model else 1.0,
     )
     return ScenePlan(info=info, grid=grid, scene=scene_id(input_path), gsd_m=gsd, scale=scale)
 

@@ -216,6 +216,37 @@ class TileGrid:
         return grid(overlap)
 
 
+def model_grid(
+    *,
+    height: int,
+    width: int,
+    tile_size: int,
+    overlap: int,
+    scale: float = 1.0,
+    model_stride: int | None = None,
+    block_shape: tuple[int, int] | None = None,
+) -> TileGrid:
+    """The grid a model predicts a raster of ``(height, width)`` input pixels on.
+
+    ``tile_size`` and ``overlap`` are in model pixels; at ``scale`` (input GSD / model GSD) a
+    tile is ``tile_size / scale`` input pixels across, so that resampled to the model's GSD it
+    is ``tile_size`` pixels. With the model's output stride ``model_stride``, tiles start on its
+    lattice (:func:`lattice_step`), so every tile computes on the same lattice as a prediction
+    of the whole raster would; ``block_shape`` aligns them to the file's blocks as well
+    (:meth:`TileGrid.aligned`). ``footprints segment`` and training-time validation both tile
+    with this grid.
+    """
+    tile = max(16, round(tile_size / scale))
+    return TileGrid.aligned(
+        height=height,
+        width=width,
+        tile_size=tile,
+        overlap=min(round(overlap / scale), tile // 2),
+        block_shape=block_shape,
+        lattice=lattice_step(scale, model_stride) if model_stride else 1.0,
+    )
+
+
 def blend_profile(length: int, *, overlap: int, taper_start: bool, taper_end: bool) -> NDArray[np.float32]:
     """1-D blending weights for one tile side.
 

@@ -69,6 +69,30 @@ class TeeSink:
 
 
 @dataclass
+class ArraySink:
+    """Keeps the stitched probabilities ``(channels, height, width)`` of a raster in memory
+    (pixels no tile gave weight to stay 0): for rasters that fit, such as validation scenes."""
+
+    height: int
+    width: int
+    channels: int = 1
+    probability: NDArray[np.uint8] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.probability = np.zeros((self.channels, self.height, self.width), np.uint8)
+
+    def write_rows(
+        self,
+        *,
+        row_off: int,
+        probability: NDArray[np.uint8],
+        mask: NDArray[np.uint8],
+        valid: NDArray[np.bool_],
+    ) -> None:
+        self.probability[:, row_off : row_off + probability.shape[1]] = probability
+
+
+@dataclass
 class Stitcher:
     """Weighted-average blending of tiles with row-band flushing.
 

@@ -21,14 +21,10 @@ import pipeline.training.train as train_module
 from pipeline.cli.train import register
 from pipeline.core.errors import CheckpointError, ConfigError
 from pipeline.model.checkpoint import load_checkpoint, read_checkpoint_metadata
-from pipeline.training.train import (
-    THRESHOLDS,
-    choose_threshold,
-    lr_factor,
-    segmentation_loss,
-    state_path,
-    train,
-)
+from pipeline.training.losses import segmentation_loss
+from pipeline.training.options import TrainOptions
+from pipeline.training.state import lr_factor, state_path
+from pipeline.training.validation import THRESHOLDS, choose_threshold
 
 # --------------------------------------------------------------------------- helpers
 
@@ -75,6 +71,14 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 TINY: dict[str, Any] = {"crop": 64, "batch_size": 2, "progress": False, "threads": 2}
+
+
+def train(
+    *, resume: bool = False, threads: int | None = None, progress: bool = True, **options: Any
+) -> dict[str, Any]:
+    """:func:`pipeline.training.train.train` with the options as keywords (paths as strings)."""
+    opts = TrainOptions(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
+    return train_module.train(opts, resume=resume, threads=threads, progress=progress)
 
 
 # --------------------------------------------------------------------------- loss, schedule, threshold
@@ -131,16 +135,24 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def test_threshold_is_chosen_by_mean_iou_over_sources() -> None:
-    bins = 1001
-    hist = np.zeros((2, bins), np.int64)
-    hist[0, 620] = 80  # buildings at p = 0.62
-    hist[0, 200] = 20  # missed buildings at p = 0.20
-    hist[1, 550] = 30  # background at p = 0.55
-    hist[1, 100] = 900
+    hist = np.zeros((2, 256), np.int64)  # per uint8 probability, as the product writes them
+    hist[0, 158] = 80  # buildings at p = 0.62
+    hist[0, 51] = 20  # missed buildings at p = 0.20
+    hist[1, 140] = 30  # background at p = 0.55: in the product's mask at 0.55 (u8 >= 140), not at 0.6
+    hist[1, 25] = 900
     threshold, metrics = choose_threshold({"a": hist, "b": hist})
     assert threshold in THRESHOLDS and threshold == pytest.approx(0.6)
     assert metrics["iou"] == pytest.approx(0.8) and metrics["iou_pooled"] == pytest.approx(0.8)
     assert metrics["iou_at_0.5"] == pytest.approx(80 / 130) and metrics["iou_a"] == pytest.approx(0.8)
+
+
+def test_threshold_counts_pixels_as_the_products_mask_does() -> None:
+    # the product's mask at 0.35 is u8 >= round(0.35 x 255) = 89: a building at 89 is found (at
+    # 0.35 x 255 = 89.25 a float comparison would miss it)
+    hist = np.zeros((2, 256), np.int64)
+    hist[0, 89] = 10
+    hist[1, 88] = 10
+    assert choose_threshold({"a": hist}, thresholds=(0.35,))[1]["iou"] == 1.0
 
 
 def test_bad_options_are_config_errors(tiny_data: Path, tmp_path: Path) -> None:
@@ -287,16 +299,16 @@ def test_resume_continues_the_same_run(
     first = train(out=straight, **common)
 
     resumed = tmp_path / "resumed.safetensors"
-    save_state = train_module._save_state
+    save_state = train_module.save_state
 
     def interrupt(run: Any) -> Path:
         save_state(run)
         raise KeyboardInterrupt  # the run dies right after the state of step 2 is written
 
-    monkeypatch.setattr(train_module, "_save_state", interrupt)
+    monkeypatch.setattr(train_module, "save_state", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(out=resumed, **common)
-    monkeypatch.setattr(train_module, "_save_state", save_state)
+    monkeypatch.setattr(train_module, "save_state", save_state)
     assert torch.load(state_path(resumed), weights_only=True)["step"] == 2
     summary = train(out=resumed, resume=True, **common)
     assert summary["steps"] == 4 and summary["steps_this_call"] == 2
@@ -330,6 +342,48 @@ def test_cli_train_errors_print_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "nope.yaml: dataset file not found" in result.output
+
+
+def test_cli_options_are_exactly_the_train_options_fields() -> None:
+    import dataclasses
+
+    command = typer.main.get_command(_app()).commands["train"]  # type: ignore[attr-defined]
+    options = {p.name: p for p in command.params}
+    fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    assert set(options) == set(fields) | {"resume", "as_json"}
+    for name, f in fields.items():
+        assert options[name].opts == ["--" + name.replace("_", "-")]
+        assert options[name].help == f.metadata["help"]
+        assert options[name].required == (f.default is dataclasses.MISSING)
+        if f.default is not dataclasses.MISSING:
+            assert options[name].default == f.default
+
+
+def test_cli_passes_every_option_to_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_train(opts: TrainOptions, *, resume: bool = False) -> dict[str, Any]:
+        seen.update(opts=opts, resume=resume)
+        return {
+            "steps": 1,
+            "out": opts.out,
+            "best_step": 1,
+            "threshold": 0.5,
+            "validation": {},
+            "seconds_per_step": 1,
+        }
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    args = ["train", "--data", "d.yaml", "--out", "m.safetensors", "--resume", "--val-tile", "512"]
+    args += ["--weight-decay", "0", "--boundary-dice", "--max-minutes", "2.5", "--init", "x.safetensors"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert seen["resume"] is True
+    expected = TrainOptions(
+        data="d.yaml", out="m.safetensors", val_tile=512, weight_decay=0.0, boundary_dice=True,
+        max_minutes=2.5, init="x.safetensors",
+    )  # fmt: skip
+    assert seen["opts"] == expected
 
 
 def test_cli_train_help_lists_options() -> None:
