@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,9 +110,13 @@ def test_geographic_input_gsd_is_in_metres(make_tif: Any) -> None:
 def test_model_is_loaded_once_per_process() -> None:
     from tests.operators import Box3x3Source
 
+    @dataclass(frozen=True)
+    class FreshSource(Box3x3Source):  # a source no other test has loaded in this process
+        tag: str = "loaded-once"
+
     before = cached_count()
-    a = cached_segmenter(Box3x3Source())
-    b = cached_segmenter(Box3x3Source())
+    a = cached_segmenter(FreshSource())
+    b = cached_segmenter(FreshSource())
     assert a is b and cached_count() == before + 1
 
 
