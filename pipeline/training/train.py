@@ -59,11 +59,11 @@ from rich.progress import (
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError
 from pipeline.model.checkpoint import CheckpointMetadata, save_checkpoint
 from pipeline.model.deeplab import DeepLabV3, ModelSpec, build_model, check_rates
 from pipeline.model.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD, lite_variant
-from pipeline.model.header import file_sha256
 from pipeline.training.dataspec import IGNORE, Dataset
 from pipeline.training.sampling import CropSampler, ValScene, batch_stream, validation_scenes
 
