@@ -24,6 +24,7 @@ from flows.segment_scene import segment_scene_flow
 from pipeline.config import load_config
 from pipeline.core.errors import FootprintsError
 from pipeline.describe.bucket_index import write_bucket_index
+from pipeline.io.gdal_env import configure_process
 from pipeline.io.storage import redact
 from pipeline.run.bucket import BucketManifest, SceneJob, plan_bucket, scene_entry
 from pipeline.run.dispatch import shared_client
@@ -69,6 +70,7 @@ def segment_bucket_flow(
     ``config`` is a YAML file (see configs/); ``scheduler`` (or the environment
     variable FOOTPRINTS_DASK_SCHEDULER) connects to an existing Dask cluster.
     """
+    configure_process()
     logger = get_run_logger()
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise FootprintsError(f"concurrency={concurrency}: must be between 1 and {MAX_CONCURRENCY}")

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
+from pipeline.io.gdal_env import configure_process
 from pipeline.io.storage import redact
 from pipeline.run.record import utc_now
 from pipeline.run.restart import SceneState
@@ -111,6 +112,7 @@ def segment_scene_flow(
     ``scheduler`` (or the environment variable FOOTPRINTS_DASK_SCHEDULER) connects to
     an existing Dask cluster.
     """
+    configure_process()
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     config = load_config(config_path, **{"dask.scheduler": scheduler})
     timer, started = StageTimer(), utc_now()

@@ -69,13 +69,12 @@ def main() -> None:
     seg = CheckpointSource(args.model).load()
     scenes = []
     for scene in load_dataset(args.data, splits=("val",)).scenes:
-        crs, transform = scene_grid(scene)
+        grid = scene_grid(scene)
+        transform = grid.transform
         prob = seg.predict(scene.image.transpose(2, 0, 1)[None], scale=scene.gsd_m / model_gsd)[0]
         valid = scene.label != IGNORE
         truth = (scene.label == 1).astype(np.uint8)
-        h, w = truth.shape
-        bounds = (transform.c, transform.f + h * transform.e, transform.c + w * transform.a, transform.f)
-        frame = MetricFrame.for_scene(crs, bounds)
+        frame = MetricFrame.for_scene(grid.crs, grid.bounds)
         tpolys = reference_polygons(truth, transform=transform).geometry
         scenes.append((scene, prob, valid, truth, transform, frame, tpolys))
     rows = []

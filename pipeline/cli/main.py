@@ -16,6 +16,7 @@ from rich.markup import escape
 from pipeline.cli.console import friendly_errors, show_warnings
 from pipeline.config import load_config
 from pipeline.core.errors import FootprintsError
+from pipeline.io.gdal_env import configure_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Building footprints from aerial imagery.")
 err = Console(stderr=True)
@@ -37,6 +38,7 @@ def _main(
     ] = False,
 ) -> None:
     """Building footprints from aerial imagery."""
+    configure_process()
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (see configs/).")]

@@ -42,8 +42,9 @@ def confidence_low(config: PipelineConfig) -> float:
 def make_pictures(*, info: RasterInfo, buildings: Buildings, config: PipelineConfig) -> Pictures:
     """The whole scene at most ``outputs.quicklook_px`` across, and a full-resolution crop."""
     oc, low = config.outputs, confidence_low(config)
-    whole = overview_view(info.height, info.width, max_side=oc.quicklook_px)
-    crop = crop_view(info.height, info.width, transform=info.transform, buildings=buildings, side=oc.crop_px)
+    grid = info.grid
+    whole = overview_view(grid.height, grid.width, max_side=oc.quicklook_px)
+    crop = crop_view(grid.height, grid.width, transform=grid.transform, buildings=buildings, side=oc.crop_px)
     picture = render(info, whole, buildings, low=low)
     return Pictures(
         quicklook=png_bytes(picture),

@@ -111,7 +111,7 @@ def render(
     rgb = np.moveaxis(pixels, 0, -1).copy()
     rgb[~valid] = NODATA_RGB
     image = Image.fromarray(rgb)
-    draw_outlines(image, buildings, to_picture=view.to_picture(info.transform), low=low, line=line)
+    draw_outlines(image, buildings, to_picture=view.to_picture(info.grid.transform), low=low, line=line)
     return np.asarray(image)
 
 

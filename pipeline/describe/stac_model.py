@@ -34,8 +34,9 @@ from pystac.extensions.mlm import (
 )
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
+from pipeline.core.digest import file_sha256
 from pipeline.describe.stac import multihash
-from pipeline.model.header import file_sha256, read_checkpoint_metadata, tensor_shapes
+from pipeline.model.header import read_checkpoint_metadata, tensor_shapes
 
 #: What each class of the model marks.
 CLASS_DESCRIPTIONS = {

@@ -38,10 +38,10 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.core.errors import ConfigError, EvaluationInputError
 from pipeline.core.geo import MetricFrame
+from pipeline.core.raster import RasterGrid
 from pipeline.evaluation import polygon_metrics
 from pipeline.evaluation.error_kinds import classify_errors
 from pipeline.evaluation.inputs import (
-    Grid,
     Labels,
     Polygons,
     clean_polygons,
@@ -225,7 +225,7 @@ def object_metrics(
 class SceneInputs:
     """An OUTDIR and its truth, read and cut to the pixels that have data on both sides."""
 
-    grid: Grid
+    grid: RasterGrid
     pred: Labels
     truth: Labels
     valid: NDArray[np.bool_]

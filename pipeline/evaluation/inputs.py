@@ -35,18 +35,17 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pyogrio
-import rasterio
 import shapely
-from affine import Affine
 from numpy.typing import NDArray
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 from rasterio.warp import Resampling, reproject
 
 from pipeline.core.errors import EvaluationInputError, InputNotFoundError, MissingCRSError
 from pipeline.core.geo import reproject as reproject_geoms
+from pipeline.core.raster import RasterGrid, open_checked
 from pipeline.tiling.stitch import MASK_NODATA
 from pipeline.vectorize.polygonize import reference_polygons
 
@@ -57,26 +56,6 @@ FULL_SHARE = 0.999
 _SEGMENTS_PER_SIDE = 64
 
 Polygons = NDArray[np.object_] | Sequence[Any]
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The prediction raster's grid: every truth is brought onto it."""
-
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        left, top = self.transform @ (0, 0)
-        right, bottom = self.transform @ (self.width, self.height)
-        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
 @dataclass(frozen=True)
@@ -100,21 +79,16 @@ def _require(path: Path, *, what: str, fix: str) -> None:
 
 
 def _open_raster(path: Path) -> Any:
-    try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        raise EvaluationInputError(
-            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); "
-            "pass a GeoTIFF or PNG label mask, or a GeoJSON/GPKG of polygons"
-        ) from exc
+    fix = "pass a GeoTIFF or PNG label mask, or a GeoJSON/GPKG of polygons"
+    return open_checked(path, unreadable=fix, error=EvaluationInputError)
 
 
-def _read_mask_raster(path: Path) -> tuple[Grid, NDArray[np.bool_], NDArray[np.bool_]]:
+def _read_mask_raster(path: Path) -> tuple[RasterGrid, NDArray[np.bool_], NDArray[np.bool_]]:
     """``mask.tif`` of a run: its grid, building pixels (== 1) and valid pixels."""
     with _open_raster(path) as ds:
         data = ds.read(1)
         nodata = MASK_NODATA if ds.nodata is None else ds.nodata
-        grid = Grid(crs=ds.crs, transform=ds.transform, height=ds.height, width=ds.width)
+        grid = RasterGrid.of(ds)
     if grid.crs is None:
         raise MissingCRSError(f"{path}: prediction mask has no CRS; re-run `footprints segment` on the scene")
     valid = data != nodata
@@ -164,7 +138,7 @@ def read_scene_name(out_dir: Path) -> tuple[str, str | None]:
         return out_dir.resolve().name, None
 
 
-def read_prediction(out_dir: Path) -> tuple[Grid, Labels]:
+def read_prediction(out_dir: Path) -> tuple[RasterGrid, Labels]:
     """The prediction grid, pixel mask (nodata left out) and delivered buildings of an OUTDIR."""
     fix = "--pred must be the --out folder of a finished `footprints segment` run"
     _require(out_dir, what="prediction folder", fix=fix)
@@ -190,7 +164,7 @@ def _label_pixels(
     return building & valid, valid
 
 
-def _same_grid(a: Grid, b: Grid) -> bool:
+def _same_grid(a: RasterGrid, b: RasterGrid) -> bool:
     """Same CRS and shape, and corners within a thousandth of a pixel."""
     if a.shape != b.shape or a.crs != b.crs:
         return False
@@ -199,7 +173,13 @@ def _same_grid(a: Grid, b: Grid) -> bool:
     return bool(np.allclose(np.asarray(back), np.asarray(corners, dtype=float), rtol=0, atol=1e-3))
 
 
-def extent_shares(src: Grid, dst: Grid) -> tuple[float, float]:
+def _proj(grid: RasterGrid) -> ProjCRS:
+    """The grid's CRS for pyproj (every grid scored here has one)."""
+    assert grid.crs is not None
+    return ProjCRS(grid.crs.to_wkt())
+
+
+def extent_shares(src: RasterGrid, dst: RasterGrid) -> tuple[float, float]:
     """Share of ``dst``'s extent inside ``src``'s, and of ``src``'s inside ``dst``'s.
 
     Measured in ``dst``'s CRS (``src``'s outline densified, then reprojected); (0, 0) when
@@ -210,7 +190,7 @@ def extent_shares(src: Grid, dst: Grid) -> tuple[float, float]:
         left, bottom, right, top = src.bounds
         step = max(right - left, top - bottom) / _SEGMENTS_PER_SIDE
         dense = np.array([shapely.segmentize(outline, step)], dtype=object)
-        outline = reproject_geoms(dense, src=ProjCRS(src.crs.to_wkt()), dst=ProjCRS(dst.crs.to_wkt()))[0]
+        outline = reproject_geoms(dense, src=_proj(src), dst=_proj(dst))[0]
         if not np.isfinite(shapely.get_coordinates(outline)).all():
             return 0.0, 0.0
         outline = shapely.make_valid(outline)
@@ -223,7 +203,7 @@ def extent_shares(src: Grid, dst: Grid) -> tuple[float, float]:
 
 
 def _warp(
-    building: NDArray[np.bool_], valid: NDArray[np.bool_], *, src: Grid, dst: Grid
+    building: NDArray[np.bool_], valid: NDArray[np.bool_], *, src: RasterGrid, dst: RasterGrid
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Nearest-neighbour warp of a label mask onto ``dst``; pixels it does not cover are invalid."""
     source = np.where(valid, building.astype(np.uint8), MASK_NODATA).astype(np.uint8)
@@ -242,7 +222,7 @@ def _warp(
     return out == 1, out != MASK_NODATA
 
 
-def _read_label_band(path: Path, *, pred: str) -> tuple[NDArray[Any], Grid, float | None]:
+def _read_label_band(path: Path, *, pred: str) -> tuple[NDArray[Any], RasterGrid, float | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with _open_raster(path) as ds:
@@ -252,11 +232,11 @@ def _read_label_band(path: Path, *, pred: str) -> tuple[NDArray[Any], Grid, floa
                     f"pass the label mask of {pred}, not an image (`gdal_translate -b 1` keeps one band)"
                 )
             data = ds.read(1)
-            src = Grid(crs=ds.crs, transform=ds.transform, height=ds.height, width=ds.width)
+            src = RasterGrid.of(ds)
             return data, src, ds.nodata
 
 
-def _raster_labels(path: Path, *, grid: Grid, value: int | None, pred: str) -> Labels:
+def _raster_labels(path: Path, *, grid: RasterGrid, value: int | None, pred: str) -> Labels:
     data, src, nodata = _read_label_band(path, pred=pred)
     if src.crs is None:
         if src.shape != grid.shape:
@@ -277,7 +257,7 @@ def _raster_labels(path: Path, *, grid: Grid, value: int | None, pred: str) -> L
             "scored; pass the labels of the same scene"
         )
     if src.crs != grid.crs:
-        polys = reproject_geoms(polys, src=ProjCRS(src.crs.to_wkt()), dst=ProjCRS(grid.crs.to_wkt()))
+        polys = reproject_geoms(polys, src=_proj(src), dst=_proj(grid))
     mask, warped_valid = _warp(building, valid, src=src, dst=grid)
     return Labels(mask=mask, valid=warped_valid, polygons=polys, shares=shares)
 
@@ -295,7 +275,7 @@ def _vector_layer(path: Path) -> str | None:
     return "buildings" if "buildings" in names else None
 
 
-def _vector_labels(path: Path, *, grid: Grid, pred: str) -> Labels:
+def _vector_labels(path: Path, *, grid: RasterGrid, pred: str) -> Labels:
     frame = _read_frame(path, layer=_vector_layer(path), crs=grid.crs, what="truth polygons")
     polys = clean_polygons(_polygonal(frame))
     extent = shapely.box(*grid.bounds)
@@ -315,7 +295,7 @@ def _vector_labels(path: Path, *, grid: Grid, pred: str) -> Labels:
     return Labels(mask=mask, valid=np.ones(grid.shape, dtype=bool), polygons=polys)
 
 
-def read_truth(path: Path, *, grid: Grid, value: int | None = None, pred: str = "--pred") -> Labels:
+def read_truth(path: Path, *, grid: RasterGrid, value: int | None = None, pred: str = "--pred") -> Labels:
     """Ground truth on the prediction grid: a one-band label raster or a vector file of polygons.
 
     ``pred`` names the prediction in error messages.
@@ -342,7 +322,7 @@ def extent_warning(truth: Path, pred: str, shares: tuple[float, float]) -> str |
     )
 
 
-def in_valid(polys: NDArray[np.object_], *, grid: Grid, valid: NDArray[np.bool_]) -> NDArray[np.bool_]:
+def in_valid(polys: NDArray[np.object_], *, grid: RasterGrid, valid: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """Whether each polygon's point on surface falls on a valid pixel of the grid."""
     if polys.size == 0:
         return np.zeros(0, dtype=bool)

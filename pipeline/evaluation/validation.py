@@ -25,6 +25,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from pipeline.config import PipelineConfig
+from pipeline.core.raster import RasterGrid
 from pipeline.evaluation import reliability
 from pipeline.evaluation.evaluate import confidence_matches, evaluate
 from pipeline.io.vectors import PublishedScene, outdir_buildings
@@ -37,13 +38,15 @@ from pipeline.training.sampling import to_grayscale
 LOCAL_CRS = CRS.from_epsg(32631)
 
 
-def scene_grid(scene: Scene) -> tuple[CRS, Affine]:
-    """The scene's CRS and transform, or a local UTM grid at its GSD when it has none."""
+def scene_grid(scene: Scene) -> RasterGrid:
+    """The scene's grid, or a local UTM grid at its GSD when it has no CRS."""
     grid = scene.grid
     if grid.crs is not None:
-        return grid.crs, grid.transform
-    h = scene.label.shape[0]
-    return LOCAL_CRS, Affine(scene.gsd_m, 0, 500000.0, 0, -scene.gsd_m, 100000.0 + h * scene.gsd_m)
+        return grid
+    h, gsd = grid.height, scene.gsd_m
+    return RasterGrid(
+        LOCAL_CRS, Affine(gsd, 0, 500000.0, 0, -gsd, 100000.0 + h * gsd), grid.height, grid.width
+    )
 
 
 def write_scene(scene: Scene, folder: Path, *, grayscale: bool = False) -> tuple[Path, Path]:
@@ -53,9 +56,14 @@ def write_scene(scene: Scene, folder: Path, *, grayscale: bool = False) -> tuple
     it), which the pipeline repeats to RGB like any 1-band input.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    crs, transform = scene_grid(scene)
-    h, w = scene.label.shape
-    common = {"driver": "GTiff", "height": h, "width": w, "crs": crs, "transform": transform}
+    grid = scene_grid(scene)
+    common = {
+        "driver": "GTiff",
+        "height": grid.height,
+        "width": grid.width,
+        "crs": grid.crs,
+        "transform": grid.transform,
+    }
     image_path, label_path = folder / "image.tif", folder / "truth.tif"
     bands = to_grayscale(scene.image)[:, :, :1] if grayscale else scene.image
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(

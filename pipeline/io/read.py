@@ -17,23 +17,20 @@ import numpy as np
 import rasterio
 from affine import Affine
 from numpy.typing import NDArray
-from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.transform import array_bounds
 from rasterio.windows import Window
 
 from pipeline.core.errors import (
     BandMappingError,
-    EmptyRasterError,
     GeoreferenceError,
     InputNotFoundError,
     MissingCRSError,
-    NotARasterError,
     RasterReadError,
     cause_text,
 )
 from pipeline.core.geo import SHEAR_TOLERANCE_DEG, shear_deg
+from pipeline.core.raster import RasterGrid, is_remote, open_checked
 from pipeline.tiling.grid import Tile
 
 #: Longest side of the decimated read used for percentile statistics.
@@ -47,40 +44,33 @@ class BandScaling:
     low: float
     high: float
 
+    @classmethod
+    def of(cls, values: NDArray[Any], percentiles: tuple[float, float] = (2.0, 98.0)) -> BandScaling:
+        """The scaling between two percentiles of a band's values (non-finite ones left out)."""
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return cls(0.0, 1.0)
+        low, high = np.percentile(values.astype(np.float64), percentiles)
+        return cls(float(low), float(max(high, low + 1e-6)))
+
 
 @dataclass(frozen=True)
 class RasterInfo:
     """Everything a worker needs to read tiles of one input; small enough to ship.
 
-    ``bands`` are the 1-based band indexes mapped onto the model's three channels
-    (one band is replicated three times). ``scaling`` is empty for uint8 inputs.
+    ``grid`` is the input's pixel grid. ``bands`` are the 1-based band indexes mapped onto
+    the model's three channels (one band is replicated three times). ``scaling`` is empty
+    for uint8 inputs.
     """
 
     path: str
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
+    grid: RasterGrid
     count: int
     dtype: str
     nodata: float | None
     bands: tuple[int, int, int]
     block_shape: tuple[int, int] | None
     scaling: tuple[BandScaling, ...] = field(default=())
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """``(left, bottom, right, top)`` in the raster's CRS."""
-        left, bottom, right, top = array_bounds(self.height, self.width, self.transform)
-        return (float(left), float(bottom), float(right), float(top))
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("/vsi")
 
 
 def map_bands(path: str, *, count: int, bands: tuple[int, ...] | None) -> tuple[int, int, int]:
@@ -113,33 +103,12 @@ def map_bands(path: str, *, count: int, bands: tuple[int, ...] | None) -> tuple[
     return (bands[0], bands[1], bands[2])
 
 
-def _check_exists(path: str) -> None:
-    if not _is_remote(path) and not os.path.exists(path):
-        raise InputNotFoundError(f"{path}: file not found; check the path or mount the imagery bucket")
-
-
-def _open(path: str) -> Any:
-    if not _is_remote(path) and os.path.getsize(path) == 0:
-        raise EmptyRasterError(f"{path}: file is empty (0 bytes); re-download or re-export the scene")
-    try:
-        return rasterio.open(path)
-    except RasterioIOError as exc:
-        if "dimensions" in str(exc).lower():
-            raise EmptyRasterError(
-                f"{path}: raster has zero size ({exc}); re-export the scene with its pixels"
-            ) from exc
-        raise NotARasterError(
-            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); "
-            "pass a GeoTIFF or another GDAL raster format"
-        ) from exc
-
-
 def check_vrt_sources(path: str) -> None:
     """Name the first source file of a local VRT that does not exist.
 
     GDAL opens such a VRT and fails only when a worker reads the missing part.
     """
-    if _is_remote(path) or not path.lower().endswith(".vrt"):
+    if is_remote(path) or not path.lower().endswith(".vrt"):
         return
     try:
         root = ET.parse(path).getroot()
@@ -148,7 +117,7 @@ def check_vrt_sources(path: str) -> None:
     base = os.path.dirname(os.path.abspath(path))
     for element in root.iter("SourceFilename"):
         name = (element.text or "").strip()
-        if not name or _is_remote(name):
+        if not name or is_remote(name):
             continue
         source = os.path.join(base, name) if element.get("relativeToVRT") == "1" else name
         if not os.path.exists(source):
@@ -188,12 +157,7 @@ def _percentile_scaling(
         values = np.ma.compressed(data[i]).astype(np.float64)
         if nodata is not None:
             values = values[values != nodata]
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            result[band] = BandScaling(0.0, 1.0)
-            continue
-        low, high = np.percentile(values, percentiles)
-        result[band] = BandScaling(float(low), float(max(high, low + 1e-6)))
+        result[band] = BandScaling.of(values, percentiles)
     return tuple(result[b] for b in bands)
 
 
@@ -212,14 +176,11 @@ def open_raster(
     cannot map.
     """
     path = os.fspath(path)
-    _check_exists(path)
     check_vrt_sources(path)
-    with _open(path) as ds:
-        if ds.width == 0 or ds.height == 0:
-            raise EmptyRasterError(
-                f"{path}: raster has zero size ({ds.height} x {ds.width} pixels); "
-                "re-export the scene with its pixels"
-            )
+    with open_checked(
+        path, missing="check the path or mount the imagery bucket",
+        unreadable="pass a GeoTIFF or another GDAL raster format",
+    ) as ds:  # fmt: skip
         if ds.crs is None:
             raise MissingCRSError(
                 f"{path}: raster has no CRS; assign one, e.g. "
@@ -233,10 +194,7 @@ def open_raster(
             scaling = _percentile_scaling(ds, bands=mapped, percentiles=percentiles, nodata=nd)
         return RasterInfo(
             path=path,
-            crs=ds.crs,
-            transform=ds.transform,
-            height=ds.height,
-            width=ds.width,
+            grid=RasterGrid.of(ds),
             count=ds.count,
             dtype=ds.dtypes[0],
             nodata=None if nd is None else float(nd),
@@ -246,7 +204,8 @@ def open_raster(
         )
 
 
-def _to_uint8(data: NDArray[Any], scaling: tuple[BandScaling, ...]) -> NDArray[np.uint8]:
+def to_uint8(data: NDArray[Any], scaling: tuple[BandScaling, ...]) -> NDArray[np.uint8]:
+    """Bands ``(n, h, w)`` scaled to uint8 by ``scaling``, one per band (none: already uint8)."""
     if not scaling:
         return data.astype(np.uint8, copy=False)
     out = np.empty(data.shape, dtype=np.uint8)
@@ -294,7 +253,7 @@ def read_tile(
     info: RasterInfo, tile: Tile, *, dataset: Any | None = None
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """Read one tile as uint8 ``(3, height, width)`` pixels and its validity mask."""
-    window = Window(tile.col_off, tile.row_off, tile.width, tile.height)
+    window = Window.from_slices(*tile.window)
     try:
         if dataset is None:
             with rasterio.open(info.path) as ds:
@@ -306,7 +265,7 @@ def read_tile(
             f"{info.path}: reading window {tile.window} failed ({cause_text(exc)}); check that "
             "the file is complete and readable (re-download or re-export it)"
         ) from exc
-    pixels = _to_uint8(data, info.scaling)
+    pixels = to_uint8(data, info.scaling)
     pixels[:, ~valid] = 0
     return pixels, valid
 
@@ -320,7 +279,7 @@ def read_rgb(
     when the file has them), so its memory is that of ``out_shape``, whatever the raster's
     size. Pixels are scaled as for inference; nodata pixels are 0 and False.
     """
-    window = window or Window(0, 0, info.width, info.height)
+    window = window or Window(0, 0, info.grid.width, info.grid.height)
     h, w = out_shape or (int(window.height), int(window.width))
     unique = sorted(set(info.bands))
     with rasterio.open(info.path) as ds:
@@ -331,6 +290,6 @@ def read_rgb(
         valid &= np.any(data != info.nodata, axis=0)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.all(np.isfinite(data), axis=0)
-    pixels = _to_uint8(data, info.scaling)
+    pixels = to_uint8(data, info.scaling)
     pixels[:, ~valid] = 0
     return pixels, valid

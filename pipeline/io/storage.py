@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import InputNotFoundError, NotARasterError, OutputError, StorageError
 
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -252,8 +253,6 @@ def identity(location: Location) -> dict[str, Any]:
 
 
 def _local_identity(path: str) -> tuple[dict[str, Any], datetime]:
-    from pipeline.model.header import file_sha256
-
     if not os.path.exists(path):
         raise InputNotFoundError(f"{path}: file not found; check the path")
     if os.path.isdir(path):

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
-from affine import Affine
 from numpy.typing import NDArray
-from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from pipeline.core.errors import OutputError
+from pipeline.core.raster import RasterGrid
+from pipeline.io.gdal_env import STREAM_CACHE_MB
 from pipeline.tiling.stitch import MASK_NODATA
 
 BLOCK = 512
-GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": 64, "GDAL_NUM_THREADS": "2"}
+GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": STREAM_CACHE_MB, "GDAL_NUM_THREADS": "2"}
 
 
 STAGING_PREFIX = ".footprints-tmp-"
@@ -98,15 +98,11 @@ class CogSink:
     ``probability.tif`` is uint8 0-255 with an internal nodata mask, one band per class
     that the stitcher blends (``classes``: building, then the boundary or contact class
     that splits touching buildings), each with its description and scale 1/255, offset 0;
-    ``mask.tif`` is uint8 0/1 with nodata 255. Both carry the input's CRS, transform,
-    width and height.
+    ``mask.tif`` is uint8 0/1 with nodata 255. Both lie on ``grid``, the input's.
     """
 
     workdir: Path
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
+    grid: RasterGrid
     channels: int = 1
     classes: tuple[str, ...] = ("building", "boundary")
     rows_written: int = 0
@@ -118,10 +114,10 @@ class CogSink:
             "driver": "GTiff",
             "dtype": "uint8",
             "count": count,
-            "height": self.height,
-            "width": self.width,
-            "crs": self.crs,
-            "transform": self.transform,
+            "height": self.grid.height,
+            "width": self.grid.width,
+            "crs": self.grid.crs,
+            "transform": self.grid.transform,
             "tiled": True,
             "blockxsize": BLOCK,
             "blockysize": BLOCK,
@@ -157,7 +153,7 @@ class CogSink:
         valid: NDArray[np.bool_],
     ) -> None:
         h = probability.shape[1]
-        window = Window(0, row_off, self.width, h)
+        window = Window(0, row_off, self.grid.width, h)
         with rasterio.Env(**GDAL_ENV):
             for band in range(self.channels):
                 self._prob.write(
@@ -176,9 +172,9 @@ class CogSink:
     def finish(self) -> tuple[Path, Path]:
         """Close the scratch files and convert them to COGs in ``workdir``."""
         self.close()
-        if self.rows_written != self.height:
+        if self.rows_written != self.grid.height:
             raise OutputError(
-                f"{self.workdir}: only {self.rows_written} of {self.height} rows were stitched; "
+                f"{self.workdir}: only {self.rows_written} of {self.grid.height} rows were stitched; "
                 "this is a bug, please report it"
             )
         prob = self.workdir / "probability.tif"

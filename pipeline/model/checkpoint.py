@@ -37,6 +37,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError, ModelError
 from pipeline.io.storage import FILE_MODE
 from pipeline.model.deeplab import DeepLabV3, ModelSpec, build_model
@@ -44,7 +45,6 @@ from pipeline.model.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
 from pipeline.model.header import (
     METADATA_KEY,
     TENSORS_KEY,
-    file_sha256,
     read_checkpoint_metadata,
     tensor_digest,
     tensor_shapes,
@@ -57,7 +57,6 @@ __all__ = [
     "CheckpointMetadata",
     "LoadedModel",
     "check_checkpoint",
-    "file_sha256",
     "load_checkpoint",
     "read_checkpoint_metadata",
     "save_checkpoint",

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from pipeline.model.header import file_sha256
+from pipeline.core.digest import file_sha256
 
 #: Bump when the exported graph changes (e.g. what happens inside vs outside it).
 EXPORT_VERSION = 1

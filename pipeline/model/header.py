@@ -1,4 +1,4 @@
-"""File helpers that never import torch: a streaming SHA-256 and a checkpoint's header.
+"""A checkpoint's header, read without importing torch.
 
 The client (planning, stitching, vectorizing) describes a checkpoint without loading
 torch, so the header reader lives here rather than in :mod:`pipeline.model.checkpoint`.
@@ -17,15 +17,6 @@ from safetensors import safe_open
 from pipeline.core.errors import CheckpointError
 
 METADATA_KEY = "footprints"
-
-
-def file_sha256(path: str | os.PathLike[str], *, chunk: int = 1 << 22) -> str:
-    """Streaming SHA-256 (hex) of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def require_checkpoint(path: Path) -> None:

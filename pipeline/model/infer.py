@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError
-from pipeline.model.header import file_sha256, read_checkpoint_metadata, tensors_match_header
+from pipeline.model.header import read_checkpoint_metadata, tensors_match_header
 
 if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
     import torch

@@ -188,8 +188,9 @@ def checkpoint_forward(path: str, *, runtime: str, device: torch.device, threads
     The exported runtimes never hold the PyTorch model: it is loaded only to export it, once
     per checkpoint and machine (:func:`pipeline.model.export.cached_onnx`).
     """
+    from pipeline.core.digest import file_sha256
     from pipeline.model.checkpoint import load_checkpoint, spec_from_metadata
-    from pipeline.model.header import file_sha256, read_checkpoint_metadata
+    from pipeline.model.header import read_checkpoint_metadata
 
     spec = spec_from_metadata(read_checkpoint_metadata(path), source=path)
     if runtime == PIPELINE_ONLY:

@@ -114,7 +114,7 @@ def timed_run(
         "window": [round(began, 3), round(began + wall, 3)],  # epoch seconds (to align GPU samples)
         "runtime": rec.get("runtime"),
         "mps": round(_tile_mpx(list(plan.grid)) / wall, 3),
-        "scene_mps": round(plan.info.height * plan.info.width / wall / 1e6, 3),
+        "scene_mps": round(plan.info.grid.height * plan.info.grid.width / wall / 1e6, 3),
         "seconds": round(wall, 3),
         "stages_s": rec["seconds"],
         "client_cpu_s": rec["cpu_seconds"]["client"],
@@ -188,7 +188,7 @@ def _layout(
     )
     return {
         "statement": same,
-        "scene": [plan.info.height, plan.info.width],
+        "scene": list(plan.info.grid.shape),
         "tiles": len(tiles),
         "tile_shape": [tiles[0].height, tiles[0].width],
         "batch_size": bs,

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 from rasterio.errors import RasterioError
 
 from pipeline.core.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
+from pipeline.io.gdal_env import configure_process
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
 from pipeline.model.tiled import predict_by_shape
@@ -71,6 +72,15 @@ class BatchResult:
 #: the windows and of inferring them (``Segmenter.predict``), then the worker process's CPU
 #: seconds over the same spans (all its threads: the model's own thread pool included).
 TASK_TIMES = ("task_s", "read_s", "infer_s", "task_cpu_s", "read_cpu_s", "infer_cpu_s")
+
+
+class ProcessSettings(WorkerPlugin):
+    """Applies :func:`pipeline.io.gdal_env.configure_process` (GDAL's cache, S3) on every worker."""
+
+    name = "footprints-process-settings"
+
+    def setup(self, worker: Any) -> None:
+        configure_process()
 
 
 class ModelPlugin(WorkerPlugin):
@@ -261,6 +271,7 @@ def connect(
     """
     if scheduler:
         with Client(scheduler) as client:  # type: ignore[no-untyped-call]
+            client.register_plugin(ProcessSettings(), name=ProcessSettings.name)
             yield client
         return
     threads = str(max(1, (os.cpu_count() or 1) // n_workers))
@@ -285,6 +296,7 @@ def connect(
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         client.register_plugin(QuietWorker(), name=QuietWorker.name)
+        client.register_plugin(ProcessSettings(), name=ProcessSettings.name)
         yield client
 
 

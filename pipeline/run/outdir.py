@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import OutputBusyError, OutputConflictError, OutputError
 from pipeline.io.storage import Location, read_json, remove_file, stat, upload
 from pipeline.io.write import pid_alive
-from pipeline.model.header import file_sha256
 from pipeline.run.restart import MANIFEST, state_location
 
 OUTPUT_NAMES = (

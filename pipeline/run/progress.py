@@ -82,9 +82,9 @@ class ProgressReporter:
 
     def planned(self, plan: Any) -> None:
         """Called once the scene is planned (a :class:`pipeline.run.scene.ScenePlan`)."""
-        info, grid = plan.info, plan.grid
+        raster, grid = plan.info.grid, plan.grid
         self._start = self.clock()
-        self._say(plan_line(scene=plan.scene, tiles=len(grid), height=info.height, width=info.width,
+        self._say(plan_line(scene=plan.scene, tiles=len(grid), height=raster.height, width=raster.width,
                             tile_size=grid.tile_size))  # fmt: skip
 
     def __call__(self, done: int, total: int) -> None:

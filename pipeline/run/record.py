@@ -48,7 +48,8 @@ def run_record(
     checksums: dict[str, Any] | None = None, started: str | None = None, finished: str | None = None,
     probability_bands: list[str] | None = None, cpu_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    info = plan.info
+    info, grid = plan.info, plan.info.grid
+    assert grid.crs is not None  # open_raster refuses a raster without one
     return {
         "scene": plan.scene,
         "footprints_version": __version__,
@@ -61,8 +62,8 @@ def run_record(
         "owner": owner(scene=target.input.url, config_sha256=config_digest(config)),
         "checksums": checksums or {},
         "input": {"url": target.input.url, "path": info.path, **target.input_identity,
-                  "modified": target.input_modified, "crs": info.crs.to_string(),
-                  "transform": list(info.transform)[:6], "height": info.height, "width": info.width,
+                  "modified": target.input_modified, "crs": grid.crs.to_string(),
+                  "transform": list(grid.transform)[:6], "height": grid.height, "width": grid.width,
                   "bands": list(info.bands)},
         "probability_bands": probability_bands or ["building"],
         "config": config.model_dump(mode="json"),

@@ -19,7 +19,6 @@ from typing import Any
 
 from pipeline.config import PipelineConfig, default_checkpoint
 from pipeline.core.errors import Interrupted, NoDataError
-from pipeline.core.geo import pixel_size_m
 from pipeline.describe.outputs import describe_scene
 from pipeline.io.preflight import check_free_space, estimate_bytes, write_errors
 from pipeline.io.read import RasterInfo, open_raster
@@ -123,14 +122,14 @@ def plan_scene(
         percentiles=ic.percentiles,
         nodata=ic.nodata,
     )
-    gsd = ic.gsd_m or pixel_size_m(info.crs, tuple(info.transform), info.bounds)
+    gsd = ic.gsd_m or info.grid.gsd_m()
     scale = 1.0 if model_gsd_m is None else gsd / model_gsd_m
     if abs(scale - 1.0) <= SCALE_TOLERANCE:
         scale = 1.0
     tc = config.tiling
     grid = model_grid(
-        height=info.height,
-        width=info.width,
+        height=info.grid.height,
+        width=info.grid.width,
         tile_size=tc.tile_size,
         overlap=tc.overlap,
         scale=scale,
@@ -181,17 +180,14 @@ def _sinks(
     *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path
 ) -> tuple[CogSink, SeedSink | None]:
     """The COG sink, plus the seed sink when touching buildings are to be split."""
-    info = plan.info
+    grid = plan.info.grid
     channels = 2 if splits(model, config) else 1
-    geo: dict[str, Any] = {
-        "crs": info.crs, "transform": info.transform, "height": info.height, "width": info.width
-    }  # fmt: skip
-    sink = CogSink(workdir=workdir, channels=channels, classes=probability_classes(model), **geo)
+    sink = CogSink(workdir=workdir, grid=grid, channels=channels, classes=probability_classes(model))
     if channels == 1:
         return sink, None
     sc = config.split
     seeds = SeedSink(
-        workdir=workdir, seed_threshold=sc.seed_threshold, boundary_threshold=sc.boundary_threshold, **geo
+        workdir=workdir, grid=grid, seed_threshold=sc.seed_threshold, boundary_threshold=sc.boundary_threshold
     )
     return sink, seeds
 
@@ -459,7 +455,7 @@ def check_room(
 ) -> int:
     """Refuse to start when the disk the run writes to lacks the space it needs; that estimate."""
     needed = estimate_bytes(
-        height=plan.info.height, width=plan.info.width, channels=2 if splits(model, config) else 1,
+        height=plan.info.grid.height, width=plan.info.grid.width, channels=2 if splits(model, config) else 1,
         cached=state is not None and target.out.is_local,
     )  # fmt: skip
     check_free_space(out=target.out.url, local=target.out.is_local, needed=needed)

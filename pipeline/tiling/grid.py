@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from affine import Affine
 from numpy.typing import NDArray
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.raster import RasterGrid
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,10 @@ class Tile:
     def window(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """``((row_start, row_stop), (col_start, col_stop))``, as rasterio accepts."""
         return ((self.row_off, self.row_end), (self.col_off, self.col_end))
+
+    def transform(self, grid: RasterGrid) -> Affine:
+        """The tile's own transform on ``grid``, the raster it cuts."""
+        return grid.window_transform(self.window)
 
 
 def _axis_spans(length: int, tile: int, stride: int, lattice: float = 1.0) -> list[tuple[int, int]]:

@@ -31,6 +31,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from pipeline.core.errors import ConfigError, RasterReadError
+from pipeline.core.raster import RasterGrid, open_checked
 from pipeline.io.storage import LOCAL_SIDECARS
 
 __all__ = ["WEB_MERCATOR", "Chip", "group_chips", "mosaic", "xyz_bounds", "xyz_from_name"]
@@ -62,45 +63,35 @@ def xyz_bounds(x: int, y: int, z: int) -> tuple[float, float, float, float]:
     return minx, maxy - size, minx + size, maxy
 
 
+def _open_chip(path: Path) -> Any:
+    return open_checked(path, unreadable="re-copy the chip", error=RasterReadError, env=LOCAL_SIDECARS)
+
+
 @dataclass(frozen=True)
 class Chip:
-    """One chip file and its pixel grid (CRS, transform, ``(height, width)``)."""
+    """One chip file and its pixel grid (always georeferenced)."""
 
     path: Path
-    crs: CRS
-    transform: Affine
-    shape: tuple[int, int]
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        h, w = self.shape
-        left, top = self.transform @ (0, 0)
-        right, bottom = self.transform @ (w, h)
-        return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
+    grid: RasterGrid
 
     @classmethod
     def open(cls, path: Path, *, georef: str) -> Chip:
         """The chip's grid: from the file (``georef="file"``) or from its XYZ name (``"xyz"``)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            try:
-                with rasterio.Env(**LOCAL_SIDECARS), rasterio.open(path) as ds:
-                    shape, crs, transform = (int(ds.height), int(ds.width)), ds.crs, ds.transform
-            except rasterio.errors.RasterioIOError as exc:
-                raise RasterReadError(
-                    f"{path}: cannot be read as a raster ({exc}); re-copy the chip"
-                ) from exc
+            with _open_chip(path) as ds:
+                grid = RasterGrid.of(ds)
         if georef == "xyz":
             minx, miny, maxx, maxy = xyz_bounds(*xyz_from_name(path))
-            h, w = shape
+            h, w = grid.shape
             transform = Affine((maxx - minx) / w, 0.0, minx, 0.0, -(maxy - miny) / h, maxy)
-            crs = WEB_MERCATOR
-        if crs is None:
+            grid = RasterGrid(crs=WEB_MERCATOR, transform=transform, height=h, width=w)
+        if grid.crs is None:
             raise ConfigError(
                 f"{path}: chip has no georeference; give a .aux.xml sidecar, or set georef: xyz "
                 "for web-map chips named -X-Y-Z"
             )
-        return cls(path=path, crs=crs, transform=transform, shape=shape)
+        return cls(path=path, grid=grid)
 
 
 def group_chips(chips: Sequence[Chip]) -> list[list[Chip]]:
@@ -114,8 +105,8 @@ def group_chips(chips: Sequence[Chip]) -> list[list[Chip]]:
             i = parent[i]
         return i
 
-    boxes = np.array([c.bounds for c in chips], np.float64).reshape(n, 4)
-    tol = np.array([0.5 * abs(c.transform.a) for c in chips]).reshape(n, 1)
+    boxes = np.array([c.grid.bounds for c in chips], np.float64).reshape(n, 4)
+    tol = np.array([0.5 * abs(c.grid.transform.a) for c in chips]).reshape(n, 1)
     for i in range(n):
         near = (
             (boxes[:, 0] <= boxes[i, 2] + tol[:, 0])
@@ -131,28 +122,30 @@ def group_chips(chips: Sequence[Chip]) -> list[list[Chip]]:
     return sorted(groups.values(), key=lambda g: g[0].path.name)
 
 
-def mosaic_grid(chips: Sequence[Chip]) -> tuple[CRS, Affine, tuple[int, int]]:
+def mosaic_grid(chips: Sequence[Chip]) -> RasterGrid:
     """One north-up grid covering every chip, at the finest chip resolution."""
-    crs = chips[0].crs
+    crs = chips[0].grid.crs
     for chip in chips[1:]:
-        if chip.crs != crs:
+        if chip.grid.crs != crs:
             raise ConfigError(
-                f"{chip.path}: chip CRS {chip.crs} differs from {crs} of {chips[0].path.name}; "
+                f"{chip.path}: chip CRS {chip.grid.crs} differs from {crs} of {chips[0].path.name}; "
                 "a mosaic needs one CRS"
             )
-    res_x = min(abs(c.transform.a) for c in chips)
-    res_y = min(abs(c.transform.e) for c in chips)
-    boxes = np.array([c.bounds for c in chips])
+    res_x = min(abs(c.grid.transform.a) for c in chips)
+    res_y = min(abs(c.grid.transform.e) for c in chips)
+    boxes = np.array([c.grid.bounds for c in chips])
     left, bottom = boxes[:, 0].min(), boxes[:, 1].min()
     right, top = boxes[:, 2].max(), boxes[:, 3].max()
     width = max(1, round((right - left) / res_x))
     height = max(1, round((top - bottom) / res_y))
-    return crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), (height, width)
+    return RasterGrid(
+        crs=crs, transform=Affine(res_x, 0.0, left, 0.0, -res_y, top), height=height, width=width
+    )
 
 
 def _offset(chip: Chip, transform: Affine) -> tuple[int, int] | None:
     """``(row_off, col_off)`` when the chip lies on the mosaic lattice (same pixel, 1 % tolerance)."""
-    t = chip.transform
+    t = chip.grid.transform
     if (
         t.b
         or t.d
@@ -171,7 +164,7 @@ def _read_rgb(chip: Chip) -> tuple[NDArray[Any], NDArray[np.bool_]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         try:
-            with rasterio.Env(**LOCAL_SIDECARS), rasterio.open(chip.path) as ds:
+            with _open_chip(chip.path) as ds:
                 if ds.count == 2 or ds.count < 1:
                     raise RasterReadError(
                         f"{chip.path}: has {ds.count} bands; give RGB chips (3+ bands) or one grey band"
@@ -185,22 +178,23 @@ def _read_rgb(chip: Chip) -> tuple[NDArray[Any], NDArray[np.bool_]]:
     return data, valid
 
 
-def mosaic(chips: Sequence[Chip]) -> tuple[NDArray[Any], NDArray[np.bool_], CRS, Affine]:
-    """Bands ``(3, H, W)`` and validity ``(H, W)`` of a chip group on its :func:`mosaic_grid`.
+def mosaic(chips: Sequence[Chip]) -> tuple[NDArray[Any], NDArray[np.bool_], RasterGrid]:
+    """Bands ``(3, H, W)``, validity ``(H, W)`` and grid of a chip group on its :func:`mosaic_grid`.
 
     Chips on the grid's lattice are pasted (exact); others are warped bilinearly. Gaps between
     chips are invalid. Where chips overlap, the later one (in name order) wins.
     """
-    crs, transform, (height, width) = mosaic_grid(chips)
+    grid = mosaic_grid(chips)
+    height, width = grid.shape
     bands: NDArray[Any] | None = None
     valid = np.zeros((height, width), bool)
     for chip in chips:
         data, ok = _read_rgb(chip)
         if bands is None:
             bands = np.zeros((3, height, width), data.dtype)
-        off = _offset(chip, transform)
+        off = _offset(chip, grid.transform)
         if off is None:  # off the lattice: warp onto the mosaic window the chip covers
-            data, ok, off = _warp(chip, data, ok, transform, crs, (height, width))
+            data, ok, off = _warp(chip, data, ok, grid)
         r, c = off
         h, w = ok.shape
         r0, c0 = max(r, 0), max(c, 0)
@@ -209,23 +203,23 @@ def mosaic(chips: Sequence[Chip]) -> tuple[NDArray[Any], NDArray[np.bool_], CRS,
         bands[:, r0:r1, c0:c1] = np.where(ok[sub], data[(slice(None), *sub)], bands[:, r0:r1, c0:c1])
         valid[r0:r1, c0:c1] |= ok[sub]
     assert bands is not None  # a group has at least one chip
-    return bands, valid, crs, transform
+    return bands, valid, grid
 
 
 def _warp(
-    chip: Chip, data: NDArray[Any], ok: NDArray[np.bool_], transform: Affine, crs: CRS, shape: tuple[int, int]
+    chip: Chip, data: NDArray[Any], ok: NDArray[np.bool_], grid: RasterGrid
 ) -> tuple[NDArray[Any], NDArray[np.bool_], tuple[int, int]]:
     """The chip warped bilinearly onto the window of the mosaic grid its bounds cover (plus a pixel)."""
-    left, bottom, right, top = chip.bounds
-    col0, row0 = ~transform @ (left, top)
-    col1, row1 = ~transform @ (right, bottom)
+    left, bottom, right, top = chip.grid.bounds
+    col0, row0 = ~grid.transform @ (left, top)
+    col1, row1 = ~grid.transform @ (right, bottom)
     r0, c0 = max(math.floor(row0) - 1, 0), max(math.floor(col0) - 1, 0)
-    r1, c1 = min(math.ceil(row1) + 1, shape[0]), min(math.ceil(col1) + 1, shape[1])
+    r1, c1 = min(math.ceil(row1) + 1, grid.height), min(math.ceil(col1) + 1, grid.width)
     warped = np.zeros((4, r1 - r0, c1 - c0), np.float32)
     src = np.concatenate([data.astype(np.float32), ok[None].astype(np.float32)])
     rasterio.warp.reproject(
-        src, warped, src_transform=chip.transform, src_crs=chip.crs,
-        dst_transform=transform @ Affine.translation(c0, r0), dst_crs=crs,
+        src, warped, src_transform=chip.grid.transform, src_crs=chip.grid.crs,
+        dst_transform=grid.window_transform(((r0, r1), (c0, c1))), dst_crs=grid.crs,
         resampling=rasterio.warp.Resampling.bilinear, src_nodata=None, dst_nodata=0,
     )  # fmt: skip
     inside = warped[3] >= 0.999

@@ -23,7 +23,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from pipeline.core.errors import ConfigError, InputNotFoundError
-from pipeline.training.dataspec import Dataset, DatasetSpec, RasterGrid, Scene
+from pipeline.core.raster import RasterGrid
+from pipeline.training.dataspec import Dataset, DatasetSpec, Scene
 
 __all__ = ["PACK_FORMAT", "load_pack", "write_pack"]
 
@@ -93,7 +94,7 @@ def _scene(npz: Any, index: int, facts: dict[str, Any]) -> Scene:
         label=label,
         image_path=Path(facts["name"]),
         label_path=Path(facts["label"]),
-        grid=RasterGrid(crs=None, transform=Affine.identity(), shape=(label.shape[0], label.shape[1])),
+        grid=RasterGrid(crs=None, transform=Affine.identity(), height=label.shape[0], width=label.shape[1]),
         chips=int(facts["chips"]),
     )
 

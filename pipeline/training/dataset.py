@@ -113,6 +113,8 @@ from numpy.typing import NDArray
 from rasterio.enums import ColorInterp
 
 from pipeline.core.errors import ConfigError, InputNotFoundError, RasterReadError
+from pipeline.core.raster import RasterGrid, open_checked
+from pipeline.io.read import BandScaling, to_uint8
 from pipeline.io.storage import LOCAL_SIDECARS
 from pipeline.training.chips import Chip, group_chips, mosaic
 from pipeline.training.dataspec import (
@@ -120,7 +122,6 @@ from pipeline.training.dataspec import (
     Dataset,
     DatasetSpec,
     ItemSpec,
-    RasterGrid,
     Scene,
     SourceSpec,
     boundary_target,
@@ -134,7 +135,6 @@ __all__ = [
     "Dataset",
     "DatasetSpec",
     "ItemSpec",
-    "RasterGrid",
     "Scene",
     "SourceSpec",
     "boundary_target",
@@ -155,29 +155,18 @@ VECTOR_SUFFIXES = frozenset({".geojson", ".json", ".gpkg", ".shp", ".fgb"})
 
 
 def _open(path: Path) -> Any:
-    if not path.is_file():
-        raise InputNotFoundError(f"{path}: file not found; fix the path in the DATASET.yaml")
-    try:
-        with rasterio.Env(**LOCAL_SIDECARS):
-            return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise RasterReadError(f"{path}: cannot be read as a raster ({exc}); use GeoTIFF, PNG or JPG") from exc
-
-
-def _grid(ds: Any) -> RasterGrid:
-    return RasterGrid(crs=ds.crs, transform=ds.transform, shape=(int(ds.height), int(ds.width)))
+    return open_checked(
+        path, missing="fix the path in the DATASET.yaml", unreadable="use GeoTIFF, PNG or JPG",
+        error=RasterReadError, env=LOCAL_SIDECARS,
+    )  # fmt: skip
 
 
 def _to_uint8(data: NDArray[Any], valid: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """uint8 as is; other bands scaled between the 2nd and 98th percentiles of their valid pixels."""
     if data.dtype == np.uint8:
         return np.ascontiguousarray(data)
-    out = np.zeros(data.shape, np.uint8)
-    for b in range(data.shape[0]):
-        vals = data[b][valid] if valid.any() else data[b].ravel()
-        lo, hi = np.percentile(vals.astype(np.float64), [2.0, 98.0])
-        scaled = (data[b].astype(np.float64) - lo) / max(float(hi - lo), 1e-12) * 255.0
-        out[b] = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-    return out
+    sample = valid if valid.any() else np.ones(valid.shape, np.bool_)
+    return to_uint8(data, tuple(BandScaling.of(band[sample]) for band in data))
 
 
 def read_image(
@@ -199,7 +188,7 @@ def read_image(
                 raise RasterReadError(
                     f"{path}: read failed ({exc}); the file is corrupt, re-copy it"
                 ) from exc
-            grid = _grid(ds)
+            grid = RasterGrid.of(ds)
     image = np.ascontiguousarray(_to_uint8(data, valid).transpose(1, 2, 0))
     if black_is_nodata:
         valid &= image.any(axis=2)
@@ -312,7 +301,7 @@ def read_label(path: Path, grid: RasterGrid, rules: LabelRules) -> NDArray[np.ui
                 raise RasterReadError(
                     f"{path}: read failed ({exc}); the file is corrupt, re-copy it"
                 ) from exc
-            src = _grid(ds)
+            src = RasterGrid.of(ds)
     if palette is not None and rules.label_color is not None:
         data = _expand_palette(data[0], palette)
     return _align(_classify(data, rules, path), src, grid, path)
@@ -418,11 +407,10 @@ def _check_unique(items: Sequence[_Resolved], where: Path) -> None:
 def _read_mosaic(
     r: _Resolved, black_is_nodata: bool
 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], RasterGrid]:
-    bands, valid, crs, transform = mosaic(r.chips)
+    bands, valid, grid = mosaic(r.chips)
     image = np.ascontiguousarray(_to_uint8(bands, valid).transpose(1, 2, 0))
     if black_is_nodata:
         valid &= image.any(axis=2)
-    grid = RasterGrid(crs=crs, transform=transform, shape=(image.shape[0], image.shape[1]))
     label = np.zeros(grid.shape, np.uint8)
     for path in r.labels:
         label |= rasterize_vector(path, grid)

@@ -24,15 +24,13 @@ from pipeline.core.errors import ConfigError, InputNotFoundError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
+    from pipeline.core.raster import RasterGrid
 
 __all__ = [
     "IGNORE",
     "Dataset",
     "DatasetSpec",
     "ItemSpec",
-    "RasterGrid",
     "Scene",
     "SourceSpec",
     "boundary_target",
@@ -144,41 +142,6 @@ def parse_dataset(path: str | os.PathLike[str]) -> DatasetSpec:
 
 
 # --------------------------------------------------------------------------- scenes
-
-
-@dataclass(frozen=True)
-class RasterGrid:
-    """Pixel grid of a raster: CRS (None when not georeferenced), transform and (height, width)."""
-
-    crs: CRS | None
-    transform: Affine
-    shape: tuple[int, int]
-
-    @property
-    def georeferenced(self) -> bool:
-        return self.crs is not None
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        h, w = self.shape
-        left, top = self.transform @ (0, 0)
-        right, bottom = self.transform @ (w, h)
-        return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-
-    def gsd_m(self) -> float:
-        """Ground sample distance in metres (georeferenced grids only)."""
-        from pipeline.core.geo import pixel_size_m  # pyproj and shapely: only where a CRS is read
-
-        assert self.crs is not None
-        return pixel_size_m(self.crs, tuple(self.transform), self.bounds)
-
-    def same_as(self, other: RasterGrid) -> bool:
-        """Same shape, CRS and transform (to 1 % of a pixel)."""
-        if self.shape != other.shape or self.crs != other.crs:
-            return False
-        a, b = np.asarray(self.transform)[:6], np.asarray(other.transform)[:6]
-        px = max(abs(self.transform.a), abs(self.transform.e))
-        return bool(np.allclose(a, b, rtol=0, atol=0.01 * px))
 
 
 @dataclass(eq=False)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.digest import file_sha256
 from pipeline.model.checkpoint import CheckpointMetadata, save_checkpoint
-from pipeline.model.header import file_sha256
 from pipeline.training.dataspec import Dataset
 from pipeline.training.state import Run
 

@@ -42,7 +42,6 @@ pixels: choose ``block_size`` for the raster's width.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -61,18 +60,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as skimage_label
 
-from pipeline.core.errors import (
-    BandMappingError,
-    ConfigError,
-    EmptyRasterError,
-    InputNotFoundError,
-    NotARasterError,
-    RasterReadError,
-)
+from pipeline.core.errors import BandMappingError, ConfigError, RasterReadError
+from pipeline.core.raster import RasterGrid, first_line, open_checked
+from pipeline.io.gdal_env import STREAM_CACHE_MB
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 I64_MAX = np.iinfo(np.int64).max
-GDAL_CACHE_MB = 64
 BINCOUNT_ROWS = 64
 
 I64 = NDArray[np.int64]
@@ -188,7 +181,7 @@ def iter_raster_bands(
 ) -> Iterator[Band]:
     """Windowed reads of full-width bands; nodata (value or mask) becomes 0."""
     _check_block_size(block_size)
-    env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)  # rows are read once: keep GDAL's cache small
+    env = rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)  # rows are read once: keep GDAL's cache small
     with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
         for row_off in range(0, ds.height, block_size):
             window = Window(0, row_off, ds.width, min(block_size, ds.height - row_off))
@@ -198,7 +191,7 @@ def iter_raster_bands(
             except RasterioIOError as exc:
                 raise RasterReadError(
                     f"{values_path}: reading rows {row_off}-{row_off + window.height} failed "
-                    f"({str(exc).splitlines()[0]}); check the file is intact"
+                    f"({first_line(exc)}); check the file is intact"
                 ) from exc
             yield Band(row_off, _background(data.data, np.ma.getmaskarray(data)), stats)
 
@@ -221,17 +214,7 @@ def _check_block_size(block_size: int) -> None:
 
 def open_values(path: str, *, band: int = 1) -> Any:
     """Open a raster of region values, checking it exists, is readable, non-empty and integer."""
-    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
-        raise InputNotFoundError(f"{path}: file not found; check the path")
-    try:
-        ds = rasterio.open(path)
-    except RasterioIOError as exc:
-        raise NotARasterError(
-            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); pass a GeoTIFF of regions"
-        ) from exc
-    if ds.width == 0 or ds.height == 0:
-        ds.close()
-        raise EmptyRasterError(f"{path}: raster has zero size; re-export it with its pixels")
+    ds = open_checked(path, missing="check the path", unreadable="pass a GeoTIFF of regions")
     if not 1 <= band <= ds.count:
         ds.close()
         raise BandMappingError(
@@ -257,12 +240,12 @@ class _NoStats:
 def _open_stats(path: str | None, values_ds: Any) -> Any:
     if path is None:
         return _NoStats()
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"{path}: statistics raster not found; check the --stats path")
-    try:
-        ds = rasterio.open(path)
-    except RasterioIOError as exc:
-        raise NotARasterError(f"{path}: not a raster GDAL can read; pass e.g. probability.tif") from exc
+    ds = open_checked(
+        path,
+        what="statistics raster",
+        missing="check the --stats path",
+        unreadable="pass e.g. probability.tif",
+    )
     if (ds.height, ds.width) != (values_ds.height, values_ds.width):
         ds.close()
         raise RasterReadError(
@@ -465,10 +448,12 @@ def polygonize_blocks(
     """Polygonize a raster of region values band by band; equals :func:`reference_polygons`."""
     _check_block_size(block_size)
     with open_values(values_path, band=band) as ds:
-        width, transform, crs = ds.width, ds.transform, ds.crs
+        grid = RasterGrid.of(ds)
     bands = iter_raster_bands(values_path, block_size=block_size, stats_path=stats_path, band=band)
-    chunks = stream_components(bands, width=width)
-    return _regions(chunks, width=width, transform=transform, stats=stats_path is not None, crs=crs)
+    chunks = stream_components(bands, width=grid.width)
+    return _regions(
+        chunks, width=grid.width, transform=grid.transform, stats=stats_path is not None, crs=grid.crs
+    )
 
 
 def reference_polygons(

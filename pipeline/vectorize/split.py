@@ -31,12 +31,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
 from numpy.typing import NDArray
-from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage
 
+from pipeline.core.raster import RasterGrid
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
@@ -153,23 +152,23 @@ class UnionFind:
         return rank[roots]
 
 
-def _scratch(path: Path, *, crs: CRS, transform: Affine, height: int, width: int) -> Any:
+def _scratch(path: Path, grid: RasterGrid) -> Any:
     return rasterio.open(
-        path, "w", driver="GTiff", dtype="uint32", count=1, height=height, width=width,
-        crs=crs, transform=transform, tiled=True, blockxsize=512, blockysize=512,
+        path, "w", driver="GTiff", dtype="uint32", count=1, height=grid.height, width=grid.width,
+        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512, blockysize=512,
         compress="deflate", nodata=0, BIGTIFF="IF_SAFER",
     )  # fmt: skip
 
 
 @dataclass
 class SeedSink:
-    """A :class:`pipeline.tiling.stitch.RowSink` that labels building cores as rows stream in."""
+    """A :class:`pipeline.tiling.stitch.RowSink` that labels building cores as rows stream in.
+
+    Its scratch rasters lie on ``grid``, the scene's.
+    """
 
     workdir: Path
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
+    grid: RasterGrid
     seed_threshold: float = 0.5
     boundary_threshold: float = 0.5
     uf: UnionFind = field(default_factory=UnionFind)
@@ -177,9 +176,7 @@ class SeedSink:
     _ds: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._ds = _scratch(
-            self.seeds_path, crs=self.crs, transform=self.transform, height=self.height, width=self.width
-        )
+        self._ds = _scratch(self.seeds_path, self.grid)
 
     @property
     def seeds_path(self) -> Path:
@@ -210,7 +207,7 @@ class SeedSink:
             for a, b in np.unique(np.stack([self._prev[both], prov[0][both]], axis=1), axis=0):
                 self.uf.union(int(a), int(b))
         self._prev = prov[-1].copy()
-        window = Window(0, row_off, self.width, prov.shape[0])
+        window = Window(0, row_off, self.grid.width, prov.shape[0])
         self._ds.write(prov.astype(np.uint32), 1, window=window)
 
     def close(self) -> None:
@@ -221,22 +218,20 @@ class SeedSink:
         """Resolve the seeds, grow them inside the mask and write the region raster."""
         self.close()
         lut = self.uf.final_labels(min_seed_px)
+        height, width = self.grid.shape
         with (
             rasterio.open(self.seeds_path) as seeds,
             rasterio.open(mask_path) as mask_ds,
-            _scratch(
-                self.regions_path, crs=self.crs, transform=self.transform,
-                height=self.height, width=self.width,
-            ) as out,
-        ):  # fmt: skip
-            for r0 in range(0, self.height, band_rows):
-                r1 = min(self.height, r0 + band_rows)
-                h0, h1 = max(0, r0 - grow_px), min(self.height, r1 + grow_px)
-                window = Window(0, h0, self.width, h1 - h0)
+            _scratch(self.regions_path, self.grid) as out,
+        ):
+            for r0 in range(0, height, band_rows):
+                r1 = min(height, r0 + band_rows)
+                h0, h1 = max(0, r0 - grow_px), min(height, r1 + grow_px)
+                window = Window(0, h0, width, h1 - h0)
                 mask = mask_ds.read(1, window=window) == 1
                 grown = grow(lut[seeds.read(1, window=window)], mask, grow_px)
                 regions = finish_regions(grown, mask)[r0 - h0 : r1 - h0]
-                out.write(regions, 1, window=Window(0, r0, self.width, r1 - r0))
+                out.write(regions, 1, window=Window(0, r0, width, r1 - r0))
         self.seeds_path.unlink()
         return self.regions_path
 
@@ -260,8 +255,8 @@ def split_from_outputs(
     """
     with rasterio.open(probability_path) as prob, rasterio.open(mask_path) as mask_ds:
         sink = SeedSink(
-            workdir=workdir, crs=mask_ds.crs, transform=mask_ds.transform, height=mask_ds.height,
-            width=mask_ds.width, seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
+            workdir=workdir, grid=RasterGrid.of(mask_ds),
+            seed_threshold=seed_threshold, boundary_threshold=boundary_threshold,
         )  # fmt: skip
         try:
             for r0 in range(0, mask_ds.height, band_rows):

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.core.digest import file_sha256
 from pipeline.describe.stac_model import model_json, total_parameters
-from pipeline.model.header import file_sha256, read_checkpoint_metadata
+from pipeline.model.header import read_checkpoint_metadata
 from tests.stacschemas import validate
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -66,14 +66,15 @@ def test_grayscale_writes_one_band_of_luma(tmp_path: Path) -> None:
     import rasterio
     from affine import Affine
 
+    from pipeline.core.raster import RasterGrid
     from pipeline.evaluation.validation import write_scene
-    from pipeline.training.dataset import RasterGrid, Scene
+    from pipeline.training.dataset import Scene
 
     rgb = np.zeros((4, 5, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 150, 200
     label = np.zeros((4, 5), np.uint8)
     label[0, 0] = 255
-    grid = RasterGrid(crs=None, transform=Affine.identity(), shape=(4, 5))
+    grid = RasterGrid(crs=None, transform=Affine.identity(), height=4, width=5)
     scene = Scene("s", "a.png", "val", 0.5, 1.0, rgb, label, Path("a.png"), Path("a_gt.png"), grid)
     image, _ = write_scene(scene, tmp_path / "grey", grayscale=True)
     with rasterio.open(image) as ds:

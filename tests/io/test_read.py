@@ -214,11 +214,9 @@ def test_a_rotated_grid_has_the_size_of_its_pixels(make_tif: Any, degrees: float
     """Not |a| x |e| of the transform, which is off by cos(theta) once the grid is rotated."""
     from affine import Affine
 
-    from pipeline.core.geo import pixel_size_m
-
     transform = Affine.translation(600000.0, 3300000.0) * Affine.rotation(degrees) * Affine.scale(0.5, -0.5)
     info = open_raster(make_tif(coordinate_image(32, 32), transform=transform))
-    assert pixel_size_m(info.crs, tuple(info.transform), info.bounds) == pytest.approx(0.5, rel=1e-6)
+    assert info.grid.gsd_m() == pytest.approx(0.5, rel=1e-6)
 
 
 def test_a_sheared_grid_is_refused(make_tif: Any) -> None:

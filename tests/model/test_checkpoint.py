@@ -12,12 +12,12 @@ import safetensors
 import safetensors.torch
 import torch
 
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError, ModelError
 from pipeline.model.checkpoint import (
     METADATA_KEY,
     CheckpointMetadata,
     LoadedModel,
-    file_sha256,
     load_checkpoint,
     read_checkpoint_metadata,
     save_checkpoint,

@@ -12,6 +12,7 @@ import rasterio
 import torch
 
 from pipeline.config import default_checkpoint, load_config
+from pipeline.core.digest import file_sha256
 from pipeline.core.errors import ConfigError
 from pipeline.model import export
 from pipeline.model.infer import CheckpointSource, TorchSegmenter
@@ -77,7 +78,7 @@ def test_the_export_is_cached_by_checkpoint_and_replaced_when_damaged(cache_home
     pytest.importorskip("onnxruntime")
     assert _export_count_of(2) == 1  # the second load reuses the file
     (path,) = (cache_home / "footprints" / "onnx").glob("*.onnx")
-    assert CKPT is not None and export.onnx_cache_path(checkpoint_sha256=export.file_sha256(CKPT)) == path
+    assert CKPT is not None and export.onnx_cache_path(checkpoint_sha256=file_sha256(CKPT)) == path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte among the weights: still loads, wrong numbers
     path.write_bytes(bytes(data))

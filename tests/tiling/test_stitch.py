@@ -45,8 +45,9 @@ def stitch_file(
     path: Path, *, tile: int, overlap: int, order: str = "row-major", lattice: float = 1.0
 ) -> tuple[MemorySink, Stitcher]:
     info = open_raster(path)
-    grid = TileGrid(height=info.height, width=info.width, tile_size=tile, overlap=overlap, lattice=lattice)
-    sink = MemorySink(info.height, info.width)
+    height, width = info.grid.shape
+    grid = TileGrid(height=height, width=width, tile_size=tile, overlap=overlap, lattice=lattice)
+    sink = MemorySink(height, width)
     stitcher = Stitcher(grid=grid, sink=sink, threshold=0.5)
     tiles = list(grid)
     if order == "shuffled":

@@ -18,7 +18,7 @@ from rasterio.crs import CRS
 from pipeline.core.errors import ConfigError
 from pipeline.core.geo import pixel_size_m
 from pipeline.training.chips import WEB_MERCATOR, Chip, group_chips, mosaic, xyz_bounds, xyz_from_name
-from pipeline.training.dataset import IGNORE, RasterGrid, dataset_files, load_dataset, rasterize_vector
+from pipeline.training.dataset import IGNORE, dataset_files, load_dataset, rasterize_vector
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -86,7 +86,7 @@ def _chip_folder(tmp: Path) -> Path:
 def test_touching_chips_form_one_group_and_a_far_chip_another(tmp_path: Path) -> None:
     folder = _chip_folder(tmp_path)
     chips = [Chip.open(p, georef="xyz") for p in sorted(folder.glob("*.png"))]
-    assert all(c.crs == WEB_MERCATOR and c.shape == (64, 64) for c in chips)
+    assert all(c.grid.crs == WEB_MERCATOR and c.grid.shape == (64, 64) for c in chips)
     groups = group_chips(chips)
     assert [[c.path.name for c in g] for g in groups] == [
         ["OAM-1000-2000-18.png", "OAM-1000-2001-18.png", "OAM-1001-2000-18.png"],
@@ -97,8 +97,9 @@ def test_touching_chips_form_one_group_and_a_far_chip_another(tmp_path: Path) ->
 def test_mosaic_pastes_chips_exactly_and_leaves_gaps_invalid(tmp_path: Path) -> None:
     folder = _chip_folder(tmp_path)
     group = group_chips([Chip.open(p, georef="xyz") for p in sorted(folder.glob("*.png"))])[0]
-    bands, valid, crs, transform = mosaic(group)
-    assert crs == WEB_MERCATOR and bands.shape == (3, 128, 128)
+    bands, valid, grid = mosaic(group)
+    transform = grid.transform
+    assert grid.crs == WEB_MERCATOR and bands.shape == (3, 128, 128)
     assert transform.c == pytest.approx(xyz_bounds(1000, 2000, 18)[0])
     assert transform.f == pytest.approx(xyz_bounds(1000, 2000, 18)[3])
     np.testing.assert_array_equal(bands[:, :64, :64], _chip_pixels(1).transpose(2, 0, 1))
@@ -168,7 +169,7 @@ def test_real_xyz_png_chips_with_region_osm_labels(region: str, fraction: float)
     fractions = []
     for path in sorted(folder.glob("OAM-*-19.png")):
         chip = Chip.open(path, georef="xyz")
-        grid = RasterGrid(chip.crs, chip.transform, chip.shape)
+        grid = chip.grid
         fractions.append(rasterize_vector(folder / "labels.geojson", grid).mean())
     assert float(np.mean(fractions)) == pytest.approx(fraction, abs=0.01)
 
@@ -178,11 +179,11 @@ def test_real_xyz_png_chips_with_region_osm_labels(region: str, fraction: float)
 def test_real_jpeg_in_tif_reads_its_aux_xml_georeference() -> None:
     path = REAL / "hotosm_fair_models_banepa" / "train" / "oam" / "OAM-386690-220241-19.tif"
     chip = Chip.open(path, georef="file")  # GDAL's S3 no-listing default must not hide the sidecar
-    assert chip.crs == CRS.from_epsg(4326) and chip.shape == (512, 512)
-    assert (chip.transform.a, -chip.transform.e) == pytest.approx((1.341e-6, 1.188e-6), rel=0.01)
-    left, bottom, right, top = chip.bounds
+    assert chip.grid.crs == CRS.from_epsg(4326) and chip.grid.shape == (512, 512)
+    assert (chip.grid.transform.a, -chip.grid.transform.e) == pytest.approx((1.341e-6, 1.188e-6), rel=0.01)
+    left, bottom, right, top = chip.grid.bounds
     assert 85.518 <= left < right <= 85.524 and 27.628 <= bottom < top <= 27.635  # PROVENANCE.md
-    grid = RasterGrid(chip.crs, chip.transform, chip.shape)
+    grid = chip.grid
     assert grid.gsd_m() == pytest.approx(0.132, abs=0.005)
 
 
@@ -193,8 +194,8 @@ def test_real_per_chip_labels_in_web_mercator() -> None:
     fractions = []
     for path in sorted((folder / "source").glob("OAM-*.tif")):
         chip = Chip.open(path, georef="file")
-        assert chip.crs == WEB_MERCATOR
-        grid = RasterGrid(chip.crs, chip.transform, chip.shape)
+        assert chip.grid.crs == WEB_MERCATOR
+        grid = chip.grid
         fractions.append(rasterize_vector(folder / "labels" / f"{path.stem}.geojson", grid).mean())
     assert len(fractions) == 8 and float(np.mean(fractions)) == pytest.approx(0.59, abs=0.01)
 
@@ -213,7 +214,7 @@ def test_shipped_chip_scenes_never_share_ground_between_train_and_val() -> None:
         georef = "xyz" if entry["image"].endswith(".png") else "file"
         for path in entry.get("images", [entry["image"]]):
             chip = Chip.open(Path(path), georef=georef)
-            box = shapely.box(*transform_bounds(chip.crs, "EPSG:4326", *chip.bounds))
+            box = shapely.box(*transform_bounds(chip.grid.crs, "EPSG:4326", *chip.grid.bounds))
             boxes[entry["split"]].append(box.buffer(-1e-7))  # touching edges are not shared ground
     train, val = shapely.union_all(boxes["train"]), shapely.union_all(boxes["val"])
     assert len(boxes["val"]) >= 4 and not train.intersects(val)
@@ -234,7 +235,8 @@ def test_off_lattice_chips_are_warped_into_their_own_window(tmp_path: Path) -> N
     a = chip("a.tif", 100, Affine(1.0, 0, 500000, 0, -1.0, 100064))
     b = chip("b.tif", 200, Affine(0.9, 0, 500064, 0, -0.9, 100064))  # finer pixels: off the lattice
     group = group_chips([Chip.open(p, georef="file") for p in (a, b)])[0]
-    bands, valid, _, transform = mosaic(group)
+    bands, valid, grid = mosaic(group)
+    transform = grid.transform
     assert transform.a == pytest.approx(0.9) and bands.shape == (3, round(64 / 0.9), round(121.6 / 0.9))
     cols_a = slice(2, round(62 / 0.9))  # a's interior, resampled onto the 0.9 m grid
     cols_b = slice(round(66 / 0.9), round(120 / 0.9))

@@ -9,8 +9,10 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.crs import CRS
 from scipy import ndimage
 
+from pipeline.core.raster import RasterGrid
 from pipeline.vectorize.split import UNSEEDED, SeedSink, UnionFind, split_array
 from tests.conftest import ORIGIN, UTM_CRS, write_tif
 
@@ -18,7 +20,9 @@ from tests.conftest import ORIGIN, UTM_CRS, write_tif
 def stream(tmp: Path, building: np.ndarray, boundary: np.ndarray, mask: np.ndarray, bands: list[int],
            *, min_seed_px: int, grow_px: int, band_rows: int) -> np.ndarray:  # fmt: skip
     h, w = mask.shape
-    sink = SeedSink(workdir=tmp, crs=UTM_CRS, transform=ORIGIN, height=h, width=w)
+    sink = SeedSink(
+        workdir=tmp, grid=RasterGrid(crs=CRS.from_string(UTM_CRS), transform=ORIGIN, height=h, width=w)
+    )
     r = 0
     for step in bands:
         if r >= h:
