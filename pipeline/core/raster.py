@@ -15,19 +15,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio.crs import CRS
-from rasterio.errors import RasterioIOError
-from rasterio.windows import Window
 
 from pipeline.core.errors import EmptyRasterError, FootprintsError, InputNotFoundError, NotARasterError
 
+if TYPE_CHECKING:  # rasterio is imported where a raster is opened: a datapack builds grids without GDAL
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
 #: A window as rasterio takes it: a ``Window`` or ``((row_start, row_stop), (col_start, col_stop))``.
-WindowLike: TypeAlias = Window | tuple[tuple[int, int], tuple[int, int]]
+WindowLike: TypeAlias = "Window | tuple[tuple[int, int], tuple[int, int]]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,8 @@ class RasterGrid:
 
     def window_transform(self, window: WindowLike) -> Affine:
         """The transform of a window of this grid: ``transform @ translation(col_off, row_off)``."""
+        from rasterio.windows import Window
+
         w = window if isinstance(window, Window) else Window.from_slices(*window)
         return self.transform @ Affine.translation(w.col_off, w.row_off)
 
@@ -115,6 +117,9 @@ def open_checked(
     :class:`EmptyRasterError`. ``env`` are GDAL options for the open. Returns the open dataset
     (a context manager).
     """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
     name = os.fspath(path)
     local = not is_remote(name)
     if missing is not None and local and not os.path.exists(name):

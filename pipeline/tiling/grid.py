@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from affine import Affine
 from numpy.typing import NDArray
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.raster import RasterGrid
+
+if TYPE_CHECKING:  # the grid stays importable without GDAL (training on a torch-only machine)
+    from affine import Affine
+
+    from pipeline.core.raster import RasterGrid
 
 
 @dataclass(frozen=True, slots=True)
