@@ -1,7 +1,7 @@
 """Configuration: pydantic models at the config and flow boundary, loaded from YAML.
 
 Library functions below this layer take plain typed keyword arguments; only the CLI,
-the flows and :mod:`pipeline.run.scene` see these models.
+the flows and :mod:`pipeline.run.job` see these models.
 """
 
 from __future__ import annotations
