@@ -14,6 +14,7 @@ from pipeline.cli.main import app
 from pipeline.run import job
 from pipeline.run.context import SceneContext, Vectorized
 from pipeline.run.job import STAGES, Stage
+from tests.conftest import coordinate_image, write_tif
 
 runner = CliRunner()
 
@@ -52,7 +53,9 @@ def audit_stage(calls: list[tuple[str, int, str | None]]) -> Stage[Vectorized, V
 
 def small_scene(tmp_path: Path) -> tuple[Path, Path]:
     """A 300 x 300 scene and a config of 256-pixel tiles: four tiles, two batches."""
-    src, cfg = small_scene(tmp_path)
+    src = write_tif(tmp_path / "small.tif", coordinate_image(300, 300))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("tiling: {tile_size: 256, overlap: 32, batch_size: 2}\n")
     return src, cfg
 
 
