@@ -25,7 +25,6 @@ from pipeline.run.context import Job, SceneContext, StageTimer
 from pipeline.run.model_choice import ModelChoice, probability_channels
 from pipeline.run.plan import ScenePlan, plan_for
 from pipeline.run.publish import publish_scene
-from pipeline.run.restart import SceneState
 from pipeline.run.stitching import infer_and_stitch
 from pipeline.run.target import SceneTarget, finished_record, open_state
 from pipeline.run.vectorizing import vectorize, write_vectors_stage
@@ -115,22 +114,16 @@ def prepare_job(
     )
 
 
-def check_room(
-    *,
-    plan: ScenePlan,
-    target: SceneTarget,
-    model: ModelChoice,
-    config: PipelineConfig,
-    state: SceneState | None,
-) -> int:
+def check_room(job: Job) -> int:
     """Refuse to start when the disk the run writes to lacks the space it needs; that estimate."""
+    out, info = job.target.out, job.plan.info
     needed = estimate_bytes(
-        height=plan.info.height,
-        width=plan.info.width,
-        channels=probability_channels(model, config),
-        cached=state is not None and target.out.is_local,
+        height=info.height,
+        width=info.width,
+        channels=probability_channels(job.model, job.config),
+        cached=job.state is not None and out.is_local,
     )
-    check_free_space(out=target.out.url, local=target.out.is_local, needed=needed)
+    check_free_space(out=out.url, local=out.is_local, needed=needed)
     return needed
 
 
@@ -141,6 +134,6 @@ def run_job(job: Job, *, call: StageCall = call_stage) -> dict[str, Any]:
     :func:`pipeline.io.preflight.write_errors`).
     """
     out = job.target.out
-    needed = check_room(plan=job.plan, target=job.target, model=job.model, config=job.config, state=job.state)
+    needed = check_room(job)
     with write_errors(out=out.url, local=out.is_local, needed=needed), job.target.staging() as work:
         return run_stages(job.in_folder(work), call=call)
