@@ -19,7 +19,7 @@ from flows.artifacts import publish_scene_artifacts
 from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_transient
 from pipeline.config import PipelineConfig, load_config
 from pipeline.io.storage import redact
-from pipeline.run.context import ProgressFn, SceneContext, StageTimer
+from pipeline.run.context import ProgressFn, SceneContext, StageTimer, Summarized
 from pipeline.run.job import Stage, UpToDate, prepare_job, run_job
 from pipeline.run.model_choice import ModelChoice, choose_model
 from pipeline.run.plan import ScenePlan, plan_for
@@ -59,7 +59,7 @@ plan_task: Task[..., ScenePlan] = task(name="plan", **IO_TASK)(plan_for)
 def call_as_task(stage: Stage[Any, Any], ctx: SceneContext, value: Any) -> Any:
     """Run ``stage`` as its task, and log what it made."""
     result = stage_task(stage)(ctx, value)
-    if hasattr(result, "summary"):
+    if isinstance(result, Summarized):
         get_run_logger().info("%s", result.summary())
     return result
 

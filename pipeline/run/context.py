@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.config import PipelineConfig
 from pipeline.run.model_choice import ModelChoice
@@ -24,6 +24,13 @@ from pipeline.vectorize.buildings import Buildings
 
 #: ``progress(tiles_done, tiles_total)``, called as batches are stitched.
 ProgressFn = Callable[[int, int], None]
+
+
+@runtime_checkable
+class Summarized(Protocol):
+    """A stage's result that says in one line what it holds (the flow logs it)."""
+
+    def summary(self) -> str: ...
 
 
 @dataclass
