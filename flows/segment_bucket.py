@@ -27,16 +27,19 @@ from pipeline.describe.bucket_index import write_bucket_index
 from pipeline.io.gdal_env import configure_process
 from pipeline.io.storage import redact
 from pipeline.run.bucket import BucketManifest, SceneJob, plan_bucket, scene_entry
-from pipeline.run.dispatch import shared_client
+from pipeline.run.cluster import shared_client
 
 #: Most scenes in flight at once (the task runner's threads).
 MAX_CONCURRENCY = 8
 
 
 @task(
-    name="list-scenes", cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+    name="list-scenes",
+    cache_policy=NO_CACHE,
+    retries=IO_RETRIES,
+    retry_delay_seconds=IO_RETRY_DELAYS,
     retry_condition_fn=retry_transient,
-)  # fmt: skip
+)
 def list_task(input_url: str, output_url: str, pattern: str) -> list[SceneJob]:
     return plan_bucket(input_url=input_url, output_url=output_url, pattern=pattern)
 

@@ -1,16 +1,18 @@
-"""Prefect flow ``segment-scene``: the same stages as ``footprints segment``, as tasks.
+"""Prefect flow ``segment-scene``: the stages of the scene job (:data:`pipeline.run.job.STAGES`), as tasks.
 
-Tasks that do I/O retry transient errors only (see :mod:`flows.common`); a retried
+Each stage becomes one task named :attr:`~pipeline.run.job.Stage.task_name`; the stages
+that do I/O retry transient errors only (see :mod:`flows.common`), and a retried
 ``infer-stitch`` resumes from the tiles its failed attempt cached.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_scene_artifacts
@@ -18,30 +20,27 @@ from flows.common import IO_RETRIES, IO_RETRY_DELAYS, SCHEDULER_ENV, retry_trans
 from pipeline.config import PipelineConfig, load_config
 from pipeline.io.gdal_env import configure_process
 from pipeline.io.storage import redact
+from pipeline.run.context import ProgressFn, SceneContext, StageTimer, Summarized
+from pipeline.run.job import Stage, UpToDate, prepare_job, run_job
+from pipeline.run.model_choice import ModelChoice, choose_model
+from pipeline.run.plan import ScenePlan, plan_for
 from pipeline.run.record import utc_now
-from pipeline.run.restart import SceneState
-from pipeline.run.scene import (
-    ModelChoice,
-    ScenePlan,
-    SceneTarget,
-    StageTimer,
-    StitchStats,
-    check_room,
-    choose_model,
-    finished_record,
-    infer_and_stitch,
-    open_state,
-    plan_for,
-    publish_scene,
-    vectorize_stage,
-    write_vectors_stage,
-)
-from pipeline.vectorize.buildings import Buildings
+from pipeline.run.target import SceneTarget
 
 IO_TASK: dict[str, Any] = {
-    "cache_policy": NO_CACHE, "retries": IO_RETRIES, "retry_delay_seconds": IO_RETRY_DELAYS,
+    "cache_policy": NO_CACHE,
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": IO_RETRY_DELAYS,
     "retry_condition_fn": retry_transient,
-}  # fmt: skip
+}
+
+
+@functools.cache
+def stage_task(stage: Stage[Any, Any]) -> Task[..., Any]:
+    """``stage`` as a Prefect task (made once per stage): its name, and the retries of an I/O stage."""
+    options: dict[str, Any] = IO_TASK if stage.io else {"cache_policy": NO_CACHE}
+    wrapped: Task[..., Any] = task(name=stage.task_name, **options)(stage.run)
+    return wrapped
 
 
 @task(name="choose-model", cache_policy=NO_CACHE)
@@ -54,44 +53,27 @@ def resolve_task(input_url: str, out_url: str) -> SceneTarget:
     return SceneTarget.resolve(input_url=input_url, out_url=out_url)
 
 
-@task(name="plan", **IO_TASK)
-def plan_task(input_url: str, config: PipelineConfig, model: ModelChoice) -> ScenePlan:
-    return plan_for(model, input_path=input_url, config=config)
+#: :func:`~pipeline.run.plan.plan_for` as a task (opens the input: may meet transient I/O errors).
+plan_task: Task[..., ScenePlan] = task(name="plan", **IO_TASK)(plan_for)
 
 
-@task(name="infer-stitch", **IO_TASK)
-def infer_task(
-    plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path, state: SceneState | None
-) -> StitchStats:
-    logger = get_run_logger()
-    step = max(1, len(plan.grid) // 10)
+def call_as_task(stage: Stage[Any, Any], ctx: SceneContext, value: Any) -> Any:
+    """Run ``stage`` as its task, and log what it made."""
+    result = stage_task(stage)(ctx, value)
+    if isinstance(result, Summarized):
+        get_run_logger().info("%s", result.summary())
+    return result
+
+
+def _tile_progress(total: int) -> ProgressFn:
+    """Logs every tenth of the tiles (in the logger of the task that stitches them)."""
+    step = max(1, total // 10)
 
     def progress(done: int, total: int) -> None:
         if done % step == 0 or done == total:
-            logger.info("tiles %d/%d", done, total)
+            get_run_logger().info("tiles %d/%d", done, total)
 
-    return infer_and_stitch(
-        plan=plan, model=model, config=config, workdir=workdir, progress=progress, state=state
-    )
-
-
-@task(name="vectorize", cache_policy=NO_CACHE)
-def vectorize_task(
-    plan: ScenePlan, model: ModelChoice, config: PipelineConfig, workdir: Path, state: SceneState | None
-) -> Buildings:
-    return vectorize_stage(plan=plan, model=model, config=config, workdir=workdir, state=state)
-
-
-@task(name="write-vectors", cache_policy=NO_CACHE)
-def write_task(
-    buildings: Buildings, plan: ScenePlan, model: ModelChoice, workdir: Path, timestamp: str | None
-) -> None:
-    write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=workdir, timestamp=timestamp)
-
-
-@task(name="publish", **IO_TASK)
-def publish_task(**kwargs: Any) -> dict[str, Any]:
-    return publish_scene(**kwargs)
+    return progress
 
 
 @flow(name="segment-scene", log_prints=True)
@@ -124,37 +106,33 @@ def segment_scene_flow(
 
 
 def _run_claimed(
-    input_path: str, target: SceneTarget, model: ModelChoice, config: PipelineConfig, timer: StageTimer,
-    force: bool, started: str,
-) -> dict[str, Any]:  # fmt: skip
+    input_path: str,
+    target: SceneTarget,
+    model: ModelChoice,
+    config: PipelineConfig,
+    timer: StageTimer,
+    force: bool,
+    started: str,
+) -> dict[str, Any]:
     logger = get_run_logger()
     out_dir = target.out.url
-    with timer.stage("plan"):
-        state = open_state(target=target, model=model, config=config, force=force)
-        if (done := finished_record(state=state, target=target)) is not None:
-            logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))
-            publish_scene_artifacts(done, out_dir)
-            return {**done, "skipped": True}
-        plan = plan_task(input_path, config, model)
-    logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.description["id"])
-    check_room(plan=plan, target=target, model=model, config=config, state=state)
-    with target.staging() as work:
-        with timer.stage("infer_stitch"):
-            stats = infer_task(plan, model, config, work, state)
-        logger.info(
-            "infer+stitch: %d tiles inferred, %d reused, %d skipped",
-            stats.tiles_inferred, stats.tiles_reused, stats.tiles_skipped,
-        )  # fmt: skip
-        with timer.stage("vectorize"):
-            buildings = vectorize_task(plan, model, config, work, state)
-        logger.info("vectorize: %d buildings", len(buildings))
-        with timer.stage("write_vectors"):
-            write_task(buildings, plan, model, work, target.input_modified)
-        record = publish_task(
-            plan=plan, model=model, config=config, stats=stats, buildings=buildings,
-            seconds=timer.seconds, workdir=work, target=target, state=state, started=started,
-            cpu_seconds=timer.cpu,
-        )  # fmt: skip
+    job = prepare_job(
+        input_path=input_path,
+        target=target,
+        model=model,
+        config=config,
+        timer=timer,
+        started=started,
+        force=force,
+        plan=plan_task,
+    )
+    if isinstance(job, UpToDate):
+        logger.info("%s is up to date (same input, model and config): nothing to do", redact(out_dir))
+        publish_scene_artifacts(job.record, out_dir)
+        return {**job.record, "skipped": True}
+    plan = job.plan
+    logger.info("plan: %s, %d tiles, model %s", plan.scene, len(plan.grid), model.id)
+    record = run_job(replace(job, progress=_tile_progress(len(plan.grid))), call=call_as_task)
     logger.info("wrote %s to %s", ", ".join([*record.get("checksums", {}), "run.json"]), redact(out_dir))
     for warning in record.get("warnings", []):
         logger.warning("%s: %s", plan.scene, warning)

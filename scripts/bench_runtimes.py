@@ -50,7 +50,8 @@ from pipeline.config import PipelineConfig, default_checkpoint
 from pipeline.io.read import read_tile
 from pipeline.model.infer import CheckpointSource, TorchSegmenter, model_shape
 from pipeline.model.runtimes import RUNTIMES, Forward, TorchForward
-from pipeline.run.scene import choose_model, plan_for
+from pipeline.run.model_choice import choose_model
+from pipeline.run.plan import plan_for
 
 AGREE_IOU = 0.995
 TILE = 512
@@ -250,7 +251,7 @@ def main() -> None:
         scenes = load_tiles(images, model_path, args.tiles_per_scene)
     n_tiles = sum(len(s.pixels) for s in scenes)
     print(f"{len(scenes)} validation scenes, {n_tiles} tiles; threads {args.threads}", file=sys.stderr)
-    threshold = float(choose_model(model_path=model_path, config=PipelineConfig()).description["threshold"])
+    threshold = choose_model(model_path=model_path, config=PipelineConfig()).threshold
     reference = plain_reference(model_path, args.threads)
     ref_masks = [] if args.timing_only else [masks(reference, s, threshold) for s in scenes]
     print("  reference masks done", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.evaluation.evaluate import match_candidates
 from pipeline.evaluation.validation import scene_slug, write_scene
 from pipeline.io.vectors import PublishedScene, outdir_buildings
-from pipeline.run.dispatch import connect
+from pipeline.run.cluster import connect
 from pipeline.run.scene import segment_scene
 from pipeline.training.dataset import load_dataset
 from pipeline.vectorize.scoring import FEATURES, Scorer

@@ -7,7 +7,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pipeline.run.outdir import LOCK_NAME, OUTPUT_NAMES, owner
+from pipeline.describe.output_files import OUTPUT_NAMES
+from pipeline.run.outdir import LOCK_NAME, owner
 
 
 def error_line(output: str) -> str:

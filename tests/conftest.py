@@ -74,7 +74,7 @@ def make_tif(tmp_path: Path) -> Any:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """One shared Dask cluster (worker processes) for a module's CLI runs, which find it as active."""
-    from pipeline.run.dispatch import shared_client
+    from pipeline.run.cluster import shared_client
 
     with shared_client(scheduler=None, n_workers=1):
         yield

@@ -11,12 +11,13 @@ FAULT is one of:
 - ``sigint-after-batch:N``: SIGINT to the whole process group after N batches (as Ctrl-C does);
 - ``pause-after-batch:N:FILE``: after N batches, create FILE.ready and wait until FILE exists.
 
-Each hook wraps a function that :mod:`pipeline.run.scene` or :mod:`pipeline.run.outdir` looks up at
-call time, so the run is the real one up to the fault.
+Each hook wraps a function that the scene job (:data:`pipeline.run.job.STAGES`, the batch feeder)
+or :mod:`pipeline.run.outdir` looks up at call time, so the run is the real one up to the fault.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -24,13 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pipeline.run.feeder
+import pipeline.run.job
 import pipeline.run.outdir
-import pipeline.run.scene
 
 
 def _after_batches(action: Any) -> None:
     """Call ``action(batch_number, batch)`` after each stitched batch."""
-    feeder = pipeline.run.scene._BatchFeeder
+    feeder = pipeline.run.feeder.BatchFeeder
     original = feeder.__call__
     count = {"n": 0}
 
@@ -52,7 +54,10 @@ def install(fault: str) -> None:
     if kind == "kill-after-batch":
         _after_batches(lambda n, _: _kill_self() if n == int(arg) else None)
     elif kind == "kill-at-vectorize":
-        pipeline.run.scene.vectorize_stage = lambda **_: _kill_self()  # type: ignore[assignment,misc]
+        pipeline.run.job.STAGES = tuple(
+            dataclasses.replace(s, run=lambda *_: _kill_self()) if s.name == "vectorize" else s
+            for s in pipeline.run.job.STAGES
+        )
     elif kind == "kill-after-upload":
         upload, done = pipeline.run.outdir.upload, {"n": 0}
 

@@ -117,7 +117,7 @@ def _cluster(cfg: Any, dashboard: bool) -> Iterator[None]:
     if not dashboard:
         yield
         return
-    from pipeline.run.dispatch import shared_client
+    from pipeline.run.cluster import shared_client
 
     dc = cfg.dask
     with shared_client(

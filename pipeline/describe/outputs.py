@@ -3,7 +3,7 @@
 Made in the staging folder after the data files and before ``run.json``, in this order:
 the quicklook (unless ``outputs.quicklook`` is off), the report (which embeds it and a
 full-resolution crop), the STAC item (with the checksums of everything before it); then
-``run.json`` records the checksums of all of them (see :func:`pipeline.run.scene.publish_scene`).
+``run.json`` records the checksums of all of them (see :func:`pipeline.run.publish.publish_scene`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.describe.output_files import OUTPUT_NAMES, fingerprint, staged_names
 from pipeline.describe.quicklook import crop_view, jpeg_bytes, overview_view, png_bytes, render
 from pipeline.describe.report import ReportData, render_report
 from pipeline.describe.stac import item_json, scene_item
 from pipeline.describe.summary import SceneStats, model_summary, scene_stats, scene_warnings
 from pipeline.io.read import RasterInfo
-from pipeline.run.outdir import OUTPUT_NAMES, fingerprint, staged_names
 from pipeline.vectorize.buildings import Buildings
 
 
@@ -54,11 +54,9 @@ def make_pictures(*, info: RasterInfo, buildings: Buildings, config: PipelineCon
     )
 
 
-def summarize(*, record: dict[str, Any], buildings: Buildings, workdir: Path) -> tuple[SceneStats, list[str]]:
-    """The scene's figures and warnings (``record`` is its run record so far)."""
-    stats = scene_stats(
-        areas_m2=buildings.area_m2, confidence=buildings.confidence, mask_path=workdir / "mask.tif"
-    )
+def summarize(*, record: dict[str, Any], buildings: Buildings, mask: Path) -> tuple[SceneStats, list[str]]:
+    """The scene's figures and warnings (``record`` is its run record so far, ``mask`` its mask raster)."""
+    stats = scene_stats(areas_m2=buildings.area_m2, confidence=buildings.confidence, mask_path=mask)
     model = record["model"]
     warnings = scene_warnings(
         stats, gsd_m=float(record["grid"]["input_gsd_m"]), model_gsd_m=model.get("gsd_m"),
@@ -68,11 +66,17 @@ def summarize(*, record: dict[str, Any], buildings: Buildings, workdir: Path) ->
 
 
 def describe_scene(
-    *, record: dict[str, Any], buildings: Buildings, info: RasterInfo, config: PipelineConfig, workdir: Path
+    *,
+    record: dict[str, Any],
+    buildings: Buildings,
+    mask: Path,
+    info: RasterInfo,
+    config: PipelineConfig,
+    workdir: Path,
 ) -> dict[str, Any]:
     """Write the describing outputs into ``workdir``; the run record with ``summary``,
     ``warnings`` and the ``checksums`` of every staged output but ``run.json``."""
-    stats, warnings = summarize(record=record, buildings=buildings, workdir=workdir)
+    stats, warnings = summarize(record=record, buildings=buildings, mask=mask)
     record = {**record, "summary": stats.as_dict(), "warnings": warnings}
     pictures = (
         make_pictures(info=info, buildings=buildings, config=config) if config.outputs.quicklook else None

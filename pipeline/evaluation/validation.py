@@ -29,7 +29,7 @@ from pipeline.core.raster import RasterGrid
 from pipeline.evaluation import reliability
 from pipeline.evaluation.evaluate import confidence_matches, evaluate
 from pipeline.io.vectors import PublishedScene, outdir_buildings
-from pipeline.run.dispatch import connect
+from pipeline.run.cluster import connect
 from pipeline.run.scene import segment_scene
 from pipeline.training.dataset import IGNORE, Scene, load_dataset
 from pipeline.training.sampling import to_grayscale

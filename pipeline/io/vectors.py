@@ -48,14 +48,19 @@ def buildings_frame(buildings: Buildings, *, scene: str, model_id: str) -> gpd.G
     )
 
 
-def write_buildings(frame: gpd.GeoDataFrame, workdir: Path, *, timestamp: str | None = None) -> None:
-    """``buildings.gpkg`` and ``buildings.parquet`` in the scene CRS, ``buildings.geojson`` in 4326.
+def write_buildings(
+    frame: gpd.GeoDataFrame, workdir: Path, *, timestamp: str | None = None
+) -> tuple[Path, Path, Path]:
+    """``buildings.gpkg`` and ``buildings.parquet`` in the scene CRS, ``buildings.geojson`` in 4326:
+    their paths.
 
     ``timestamp`` is the date stamped into the GeoPackage (see :func:`pipeline.io.write.write_vector`).
     """
-    write_vector(frame, workdir / "buildings.gpkg", driver="GPKG", timestamp=timestamp)
-    write_vector(frame, workdir / "buildings.parquet", driver="Parquet")
-    write_vector(frame.to_crs(4326), workdir / "buildings.geojson", driver="GeoJSON")
+    gpkg, parquet, geojson = (workdir / f"buildings.{ext}" for ext in ("gpkg", "parquet", "geojson"))
+    write_vector(frame, gpkg, driver="GPKG", timestamp=timestamp)
+    write_vector(frame, parquet, driver="Parquet")
+    write_vector(frame.to_crs(4326), geojson, driver="GeoJSON")
+    return gpkg, parquet, geojson
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,13 @@ SCALE_TOLERANCE = 0.05
 FLIP_DIMS: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
 
 
+def model_scale(input_gsd_m: float, model_gsd_m: float | None) -> float:
+    """Input GSD / model GSD, the factor a tile is resampled by: 1.0 for a model without a
+    GSD, and within :data:`SCALE_TOLERANCE` of 1 (where resampling is skipped)."""
+    scale = 1.0 if model_gsd_m is None else input_gsd_m / model_gsd_m
+    return 1.0 if abs(scale - 1.0) <= SCALE_TOLERANCE else scale
+
+
 def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
     """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
     if abs(scale - 1.0) <= SCALE_TOLERANCE:

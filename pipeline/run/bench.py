@@ -34,8 +34,11 @@ from pipeline.config import PipelineConfig
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
 from pipeline.model.tiled import predict_by_shape
-from pipeline.run.dispatch import PLUGIN_NAME, ModelPlugin, connect, workers_have_gpus
-from pipeline.run.scene import ModelChoice, ScenePlan, choose_model, plan_for, segment_scene
+from pipeline.run.cluster import connect
+from pipeline.run.dispatch import PLUGIN_NAME, ModelPlugin, workers_have_gpus
+from pipeline.run.model_choice import ModelChoice, choose_model
+from pipeline.run.plan import ScenePlan, plan_for
+from pipeline.run.scene import segment_scene
 from pipeline.tiling.grid import Tile
 
 #: The stand-in for the network in pipeline-only runs (pipeline.model.runtimes.PIPELINE_ONLY; that
@@ -83,9 +86,15 @@ def model_only(
     sample = list(plan.grid)[:max_tiles]
     resources = {"GPU": 1} if workers_have_gpus(client) else None
     fut = client.submit(
-        time_model, plan.info, sample, model.source, plan.scale, config.tiling.batch_size,
-        resources=resources, pure=False,
-    )  # fmt: skip
+        time_model,
+        plan.info,
+        sample,
+        model.source,
+        plan.scale,
+        config.tiling.batch_size,
+        resources=resources,
+        pure=False,
+    )
     timed = fut.result()
     return {
         "window": timed["window"],
@@ -98,9 +107,15 @@ def model_only(
 
 
 def timed_run(
-    *, client: Any, input_path: str, out_dir: Path, model: ModelChoice, config: PipelineConfig,
-    plan: ScenePlan, threads: int,
-) -> dict[str, Any]:  # fmt: skip
+    *,
+    client: Any,
+    input_path: str,
+    out_dir: Path,
+    model: ModelChoice,
+    config: PipelineConfig,
+    plan: ScenePlan,
+    threads: int,
+) -> dict[str, Any]:
     """One whole job on ``client``; its rates, stages, CPU seconds and the workers' busy share."""
     cpu0, t0, began = _worker_cpu(client), time.perf_counter(), time.time()
     result = segment_scene(
@@ -137,7 +152,7 @@ def run_bench(
     model = choose_model(model_path=model_path, config=config)
     plan = plan_for(model, input_path=input_path, config=config)
     source: Any = model.source
-    stand_in = ModelChoice(dataclasses.replace(source, runtime=PIPELINE_ONLY), model.description)
+    stand_in = dataclasses.replace(model, source=dataclasses.replace(source, runtime=PIPELINE_ONLY))
     dc = config.dask
     t0 = time.perf_counter()
     with (
@@ -151,12 +166,19 @@ def run_bench(
         nthreads: dict[str, int] = c.nthreads()  # type: ignore[no-untyped-call]
         threads = sum(nthreads.values())
         common: dict[str, Any] = {
-            "client": c, "input_path": input_path, "config": config, "plan": plan, "threads": threads
-        }  # fmt: skip
+            "client": c,
+            "input_path": input_path,
+            "config": config,
+            "plan": plan,
+            "threads": threads,
+        }
         layout = _layout(
-            plan=plan, config=config, workers=len(nthreads), threads=threads,
+            plan=plan,
+            config=config,
+            workers=len(nthreads),
+            threads=threads,
             threads_per_model=getattr(source, "threads", None),
-        )  # fmt: skip
+        )
         report: dict[str, Any] = {
             "layout": layout,
             "model_only": model_only(c, plan=plan, model=model, config=config, max_tiles=max_tiles),
@@ -210,9 +232,10 @@ def format_report(report: dict[str, Any]) -> str:
         r = report[key]
         cpu = r["worker_cpu_s"]
         cpu_text = (
-            f"{cpu}" if not isinstance(cpu, dict)
+            f"{cpu}"
+            if not isinstance(cpu, dict)
             else f"read {cpu['read']}, infer {cpu['infer']}, other {cpu['other']}, total {cpu['total']}"
-        )  # fmt: skip
+        )
         busy = f"{r['worker_busy']:.2f}" if "worker_busy" in r else "-"
         runtime = r["runtime"] or "-"
         lines.append(f"{name:<15}{runtime:<15}{r['mps']:>8.3f}{r['seconds']:>9.1f}{busy:>7}  {cpu_text}")

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.core.errors import InputNotFoundError
+from pipeline.describe.output_files import OUTPUT_NAMES
 from pipeline.io.storage import Location, list_scenes, parse_location, redact, write_json
-from pipeline.run.outdir import OUTPUT_NAMES
 
 MANIFEST = "manifest.json"
 
@@ -93,8 +93,10 @@ class BucketManifest:
 
     def scenes(self) -> list[dict[str, Any]]:
         """Every scene's entry, in the jobs' order (``pending`` until it ends)."""
-        return [self.entries.get(j.scene, {"scene": j.scene, "input": j.input_url, "status": "pending"})
-                for j in self.jobs]  # fmt: skip
+        return [
+            self.entries.get(j.scene, {"scene": j.scene, "input": j.input_url, "status": "pending"})
+            for j in self.jobs
+        ]
 
     def summary(self) -> dict[str, int]:
         statuses = [s["status"] for s in self.scenes()]
@@ -103,13 +105,14 @@ class BucketManifest:
     def write(self) -> None:
         scenes = self.scenes()
         payload = {
-            "input_url": redact(self.input_url), "output_url": redact(self.output_url),
+            "input_url": redact(self.input_url),
+            "output_url": redact(self.output_url),
             "pattern": self.pattern,
             "updated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "summary": self.summary(),
             "tiles_inferred_now": sum(int(s.get("tiles_inferred_now", 0)) for s in scenes),
             "scenes": scenes,
-        }  # fmt: skip
+        }
         write_json(self.location, payload)
 
     @property

@@ -8,30 +8,25 @@ bit-packed validity mask) travel back. Each worker loads the model once, through
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import rasterio
-from dask.distributed import Client, LocalCluster, as_completed
+from dask.distributed import Client, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 from numpy.typing import NDArray
 from rasterio.errors import RasterioError
 
 from pipeline.core.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
-from pipeline.io.gdal_env import configure_process
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
 from pipeline.model.tiled import predict_by_shape
 from pipeline.run.hardware import device_label
-from pipeline.run.restart import SKIPPED, TileCache
+from pipeline.run.tilecache import SKIPPED, TileCache
 from pipeline.tiling.grid import Tile, TileGrid
 
 PLUGIN_NAME = "footprints-model"
@@ -74,15 +69,6 @@ class BatchResult:
 TASK_TIMES = ("task_s", "read_s", "infer_s", "task_cpu_s", "read_cpu_s", "infer_cpu_s")
 
 
-class ProcessSettings(WorkerPlugin):
-    """Applies :func:`pipeline.io.gdal_env.configure_process` (GDAL's cache, S3) on every worker."""
-
-    name = "footprints-process-settings"
-
-    def setup(self, worker: Any) -> None:
-        configure_process()
-
-
 class ModelPlugin(WorkerPlugin):
     """Loads the model once when a worker starts (or when the plugin is registered)."""
 
@@ -99,29 +85,6 @@ class ModelPlugin(WorkerPlugin):
             error = detach(exc)
         if error is not None:
             raise error
-
-
-class _NoComputeFailed(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Compute Failed")
-
-
-class QuietWorker(WorkerPlugin):
-    """For the worker processes of our own local cluster: no noise on the shared terminal.
-
-    They ignore SIGINT: Ctrl-C reaches the whole process group, and the client alone
-    handles it (it stops the cluster and says how to resume). They do not log a failed task
-    ("Compute Failed", its arguments and traceback): the client reports its error, once; nor
-    the tasks cancelled when the client stops the cluster after an error or Ctrl-C.
-    """
-
-    name = "footprints-quiet-worker"
-
-    def setup(self, worker: Any) -> None:
-        with contextlib.suppress(ValueError):  # not the main thread: leave it
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        logging.getLogger("distributed.worker").addFilter(_NoComputeFailed())
-        logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def predict_batch(
@@ -203,9 +166,13 @@ def infer_batch(
             cache.save_skipped(t)
     clock.append((time.perf_counter(), time.process_time()))
     return BatchResult(
-        results=tuple(results), skipped=tuple(skipped), worker_pid=os.getpid(), device=device,
-        runtime=runtime, times=_spans(clock),
-    )  # fmt: skip
+        results=tuple(results),
+        skipped=tuple(skipped),
+        worker_pid=os.getpid(),
+        device=device,
+        runtime=runtime,
+        times=_spans(clock),
+    )
 
 
 def _spans(clock: list[tuple[float, float]]) -> tuple[float, ...]:
@@ -233,71 +200,6 @@ def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:
 def batches(tiles: Sequence[Tile], batch_size: int) -> list[tuple[Tile, ...]]:
     """Consecutive (row-major) batches of tiles."""
     return [tuple(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
-
-
-_SHARED: list[Client] = []
-
-
-@contextlib.contextmanager
-def shared_client(
-    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
-) -> Iterator[Client]:
-    """One client for many scenes (a bucket): :func:`active_client` returns it meanwhile,
-    so every scene reuses the cluster and the models already loaded on its workers."""
-    with connect(
-        scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker, dashboard=dashboard
-    ) as c:
-        _SHARED.append(c)
-        try:
-            yield c
-        finally:
-            _SHARED.remove(c)
-
-
-def active_client() -> Client | None:
-    """The innermost :func:`shared_client`, if one is open in this process."""
-    return _SHARED[-1] if _SHARED else None
-
-
-@contextlib.contextmanager
-def connect(
-    *, scheduler: str | None, n_workers: int = 1, threads_per_worker: int = 1, dashboard: str | None = None
-) -> Iterator[Client]:
-    """A client to ``scheduler`` (``tcp://HOST:PORT``) or to a new ``LocalCluster``.
-
-    A local cluster serves no dashboard (so no port is taken, and no warning when 8787 is
-    busy) unless ``dashboard`` gives its address, e.g. ``127.0.0.1:8787`` (bokeh serves it;
-    when that port is taken Dask picks another: ``client.dashboard_link`` tells which).
-    """
-    if scheduler:
-        with Client(scheduler) as client:  # type: ignore[no-untyped-call]
-            client.register_plugin(ProcessSettings(), name=ProcessSettings.name)
-            yield client
-        return
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    environ = {
-        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-        "MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2",
-    }  # fmt: skip
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=dashboard,
-            scheduler_kwargs=(
-                {"dashboard": True, "dashboard_address": dashboard}
-                if dashboard
-                else {"dashboard": False, "dashboard_address": "127.0.0.1:0"}  # not 8787: may be taken
-            ),
-            host="127.0.0.1",
-        ) as cluster,
-        Client(cluster) as client,  # type: ignore[no-untyped-call]
-    ):
-        client.register_plugin(QuietWorker(), name=QuietWorker.name)
-        client.register_plugin(ProcessSettings(), name=ProcessSettings.name)
-        yield client
 
 
 def _result(fut: Any, batch: Sequence[Tile]) -> BatchResult:

@@ -39,20 +39,11 @@ from typing import Any
 
 from pipeline.core.digest import file_sha256
 from pipeline.core.errors import OutputBusyError, OutputConflictError, OutputError
+from pipeline.describe.output_files import OPTIONAL_NAMES, OUTPUT_NAMES, fingerprint, staged_names
 from pipeline.io.storage import Location, read_json, remove_file, stat, upload
 from pipeline.io.write import pid_alive
 from pipeline.run.restart import MANIFEST, state_location
 
-OUTPUT_NAMES = (
-    "probability.tif", "mask.tif", "buildings.geojson", "buildings.gpkg", "buildings.parquet",
-    "quicklook.png", "report.html", "item.json", "run.json",
-)  # fmt: skip
-#: The data files: byte-identical whenever the input, model and config are (a rerun, a resume).
-DATA_NAMES = OUTPUT_NAMES[:6]
-#: Files that describe the run (its timings and times, so they differ from one run to the next).
-DESCRIPTION_NAMES = ("report.html", "item.json")
-#: Outputs that the config can turn off (``outputs.quicklook``).
-OPTIONAL_NAMES = frozenset({"quicklook.png"})
 LOCK_NAME = ".footprints.lock"
 #: A lock file still empty after this many seconds was left by a run killed while creating it.
 LOCK_WRITE_GRACE_S = 5.0
@@ -166,8 +157,12 @@ class OutDirLock:
             ) from exc
         path = out_dir / LOCK_NAME
         token = uuid.uuid4().hex
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
-              "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "token": token,
+            "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         for _ in range(_ATTEMPTS):
             if _create(path, me):
                 return cls(path=path, token=token, created_dir=created)
@@ -255,16 +250,6 @@ def _busy_message(path: Path, out_dir: Path, holder: dict[str, Any]) -> str:
         f"{path}: another footprints run ({who}) is writing to {out_dir}; wait for it to finish, "
         "or delete the lock file if that run is gone"
     )
-
-
-def fingerprint(path: Path) -> dict[str, Any]:
-    """SHA-256 and size of a staged output file."""
-    return {"sha256": file_sha256(path), "size": path.stat().st_size}
-
-
-def staged_names(workdir: Path) -> list[str]:
-    """The outputs staged in ``workdir``, in publishing order (``run.json`` last)."""
-    return [name for name in OUTPUT_NAMES if (workdir / name).is_file()]
 
 
 def publish_outputs(

@@ -66,9 +66,12 @@ class ProgressReporter:
     def __enter__(self) -> ProgressReporter:
         if self.console.is_terminal:
             columns = (
-                TextColumn("tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("tiles"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 TextColumn("{task.fields[eta]}"),
-            )  # fmt: skip
+            )
             self._bar = Progress(*columns, console=self.console, transient=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("tiles", total=None, eta="")
@@ -81,11 +84,18 @@ class ProgressReporter:
             self._bar.__exit__(kind, exc, tb)
 
     def planned(self, plan: Any) -> None:
-        """Called once the scene is planned (a :class:`pipeline.run.scene.ScenePlan`)."""
+        """Called once the scene is planned (a :class:`pipeline.run.plan.ScenePlan`)."""
         raster, grid = plan.info.grid, plan.grid
         self._start = self.clock()
-        self._say(plan_line(scene=plan.scene, tiles=len(grid), height=raster.height, width=raster.width,
-                            tile_size=grid.tile_size))  # fmt: skip
+        self._say(
+            plan_line(
+                scene=plan.scene,
+                tiles=len(grid),
+                height=raster.height,
+                width=raster.width,
+                tile_size=grid.tile_size,
+            )
+        )
 
     def __call__(self, done: int, total: int) -> None:
         now = self.clock()

@@ -18,13 +18,21 @@ from pipeline.run.outdir import owner
 from pipeline.run.restart import config_digest
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
-    from pipeline.run.scene import ModelChoice, ScenePlan, SceneTarget, StitchStats
+    from pipeline.run.context import SceneContext, StitchStats
 
 VERSIONED = (
-    "torch", "segmentation-models-pytorch", "timm", "rasterio", "shapely", "geopandas",
-    "dask", "distributed", "prefect", "numpy", "pyogrio",
-)  # fmt: skip
+    "torch",
+    "segmentation-models-pytorch",
+    "timm",
+    "rasterio",
+    "shapely",
+    "geopandas",
+    "dask",
+    "distributed",
+    "prefect",
+    "numpy",
+    "pyogrio",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -43,39 +51,56 @@ def utc_now() -> str:
 
 
 def run_record(
-    *, plan: ScenePlan, model: ModelChoice, config: PipelineConfig, stats: StitchStats,
-    n_buildings: int, seconds: dict[str, float], target: SceneTarget, run_key: str | None = None,
-    checksums: dict[str, Any] | None = None, started: str | None = None, finished: str | None = None,
-    probability_bands: list[str] | None = None, cpu_seconds: dict[str, float] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    info, grid = plan.info, plan.info.grid
-    assert grid.crs is not None  # open_raster refuses a raster without one
+    ctx: SceneContext, *, stats: StitchStats, n_buildings: int, probability_bands: list[str] | None = None
+) -> dict[str, Any]:
+    """``run.json`` of the scene job ``ctx`` so far (its ``checksums`` still empty)."""
+    info, plan, target, state = ctx.plan.info, ctx.plan, ctx.target, ctx.state
+    raster = info.grid
+    assert raster.crs is not None  # open_raster refuses a raster without one
+    source = {
+        "url": target.input.url,
+        "path": info.path,
+        **target.input_identity,
+        "modified": target.input_modified,
+        "crs": raster.crs.to_string(),
+        "transform": list(raster.transform)[:6],
+        "height": raster.height,
+        "width": raster.width,
+        "bands": list(info.bands),
+    }
+    grid = {
+        "tile_size": plan.grid.tile_size,
+        "overlap": plan.grid.overlap,
+        "shape": list(plan.grid.shape),
+        "input_gsd_m": round(plan.gsd_m, 4),
+        "scale_to_model": round(plan.scale, 4),
+    }
+    counts = {
+        "tiles": stats.tiles,
+        "tiles_inferred": stats.tiles_inferred,
+        "tiles_skipped": stats.tiles_skipped,
+        "tiles_reused": stats.tiles_reused,
+        "batches": stats.batches,
+        "buildings": n_buildings,
+    }
     return {
         "scene": plan.scene,
         "footprints_version": __version__,
-        "started": started,
-        "finished": finished or utc_now(),
+        "started": ctx.started,
+        "finished": utc_now(),
         **summarize_devices(stats.devices),
         "runtime": ", ".join(stats.runtimes) or None,
         "host": host_summary(),
-        "run_key": run_key,
-        "owner": owner(scene=target.input.url, config_sha256=config_digest(config)),
-        "checksums": checksums or {},
-        "input": {"url": target.input.url, "path": info.path, **target.input_identity,
-                  "modified": target.input_modified, "crs": grid.crs.to_string(),
-                  "transform": list(grid.transform)[:6], "height": grid.height, "width": grid.width,
-                  "bands": list(info.bands)},
+        "run_key": state.key if state is not None else None,
+        "owner": owner(scene=target.input.url, config_sha256=config_digest(ctx.config)),
+        "checksums": {},
+        "input": source,
         "probability_bands": probability_bands or ["building"],
-        "config": config.model_dump(mode="json"),
-        "model": model.description,
-        "grid": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
-                 "shape": list(plan.grid.shape), "input_gsd_m": round(plan.gsd_m, 4),
-                 "scale_to_model": round(plan.scale, 4)},
-        "counts": {"tiles": stats.tiles, "tiles_inferred": stats.tiles_inferred,
-                   "tiles_skipped": stats.tiles_skipped, "tiles_reused": stats.tiles_reused,
-                   "batches": stats.batches,
-                   "buildings": n_buildings},
-        "seconds": seconds,
-        "cpu_seconds": {"client": cpu_seconds or {}, "workers": stats.worker_times},
+        "config": ctx.config.model_dump(mode="json"),
+        "model": ctx.model.record,
+        "grid": grid,
+        "counts": counts,
+        "seconds": dict(ctx.timer.seconds),
+        "cpu_seconds": {"client": dict(ctx.timer.cpu), "workers": stats.worker_times},
         "versions": package_versions(),
-    }  # fmt: skip
+    }

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import time
@@ -33,12 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from pipeline.core.errors import OutputError, os_reason
-from pipeline.io.storage import Location, read_bytes, read_json, remove_tree, write_bytes_atomic, write_json
-from pipeline.tiling.grid import Tile
+from pipeline.io.storage import Location, read_json, remove_tree, write_json
+from pipeline.run.tilecache import TileCache
 
 STATE_DIR = ".footprints-state"
 MANIFEST = "manifest.json"
@@ -95,51 +91,6 @@ def _can_create(folder: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
 
 
-#: What :meth:`TileCache.load` returns for a tile that was all nodata (never inferred).
-SKIPPED = "skipped"
-CachedTile = tuple[NDArray[np.uint8], NDArray[np.uint8] | None]
-
-
-@dataclass(frozen=True, slots=True)
-class TileCache:
-    """Finished tiles of one run key. Small and picklable: it travels to the workers."""
-
-    root: Location
-
-    def location(self, tile: Tile) -> Location:
-        return self.root.child(f"{tile.index}.npz")
-
-    def load(self, tile: Tile) -> CachedTile | str | None:
-        """The tile's stored ``(probability, packed_valid)``, :data:`SKIPPED` for an
-        all-nodata tile, or None when it is not stored."""
-        data = read_bytes(self.location(tile))
-        if data is None:
-            return None
-        with np.load(io.BytesIO(data)) as npz:
-            if "skipped" in npz.files:
-                return SKIPPED
-            prob = npz["probability"]
-            packed = npz["packed_valid"] if "packed_valid" in npz.files else None
-        if prob.dtype != np.uint8 or prob.ndim != 3 or prob.shape[1:] != (tile.height, tile.width):
-            return None  # written for another grid: infer again
-        return prob, packed
-
-    def save(
-        self, tile: Tile, probability: NDArray[np.uint8], packed_valid: NDArray[np.uint8] | None
-    ) -> None:
-        buffer = io.BytesIO()
-        arrays = {"probability": probability}
-        if packed_valid is not None:
-            arrays["packed_valid"] = packed_valid
-        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-        write_bytes_atomic(self.location(tile), buffer.getvalue())
-
-    def save_skipped(self, tile: Tile) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, skipped=np.ones(1, dtype=np.uint8))
-        write_bytes_atomic(self.location(tile), buffer.getvalue())
-
-
 @dataclass
 class SceneState:
     """The client's view of one scene's manifest. Not thread-safe: one per scene run."""
@@ -162,9 +113,16 @@ class SceneState:
         remove_tree(location.child("tiles"))
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         manifest = {
-            "format": FORMAT, "key": key, "created": now, "status": "running", **describe,
-            "tiles_total": None, "tiles_done": [], "stages": {}, "attempts": 0,
-        }  # fmt: skip
+            "format": FORMAT,
+            "key": key,
+            "created": now,
+            "status": "running",
+            **describe,
+            "tiles_total": None,
+            "tiles_done": [],
+            "stages": {},
+            "attempts": 0,
+        }
         return cls(location=location, key=key, manifest=manifest)
 
     @property

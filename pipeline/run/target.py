@@ -21,7 +21,7 @@ from pipeline.run.outdir import changed_outputs, claim, owner
 from pipeline.run.restart import SceneState, config_digest, run_key
 
 if TYPE_CHECKING:
-    from pipeline.run.scene import ModelChoice
+    from pipeline.run.model_choice import ModelChoice
 
 
 def scene_id(path: str) -> str:
@@ -60,12 +60,14 @@ def open_state(
     """The scene's restart manifest (None when ``restart.enabled`` is off)."""
     if not config.restart.enabled:
         return None
-    model_sha, config_sha = model.description.get("sha256"), config_digest(config)
+    model_sha, config_sha = model.sha256, config_digest(config)
     key = run_key(input_identity=target.input_identity, model_sha256=model_sha, config_sha256=config_sha)
     describe = {
-        "input": {"url": target.input.url, **target.input_identity}, "output": target.out.url,
-        "model_sha256": model_sha, "config_sha256": config_sha,
-    }  # fmt: skip
+        "input": {"url": target.input.url, **target.input_identity},
+        "output": target.out.url,
+        "model_sha256": model_sha,
+        "config_sha256": config_sha,
+    }
     return SceneState.open(out=target.out, key=key, describe=describe, force=force)
 
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.run.dispatch import connect
+from pipeline.run.cluster import connect
 from tests.conftest import coordinate_image, write_tif
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.run.outdir import OUTPUT_NAMES
+from pipeline.describe.output_files import OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from pipeline.run.outdir import OUTPUT_NAMES
+from pipeline.describe.output_files import OUTPUT_NAMES
 from tests.conftest import coordinate_image, write_tif
 
 pytestmark = pytest.mark.slow
@@ -89,3 +89,18 @@ def test_tasks_retry_transient_io_errors_only(prefect_harness: None) -> None:
 
     assert both() == "ok"
     assert calls == {"flaky": 3, "missing": 1}  # transient: retried until it worked; permanent: once
+
+
+def test_a_stage_added_to_the_job_runs_as_a_task_of_the_flow(
+    prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adding a stage to pipeline.run.job.STAGES is all it takes: the flow runs it as a task."""
+    from flows.segment_scene import segment_scene_flow
+    from tests.run.test_job import AUDITED_SECONDS, audit_stage, small_scene, with_stage
+
+    calls: list[tuple[str, int, str | None]] = []
+    with_stage(monkeypatch, audit_stage(calls))
+    src, cfg = small_scene(tmp_path)
+    record = segment_scene_flow(str(src), str(tmp_path / "out"), config_path=str(cfg))
+    assert calls == [("small", record["counts"]["buildings"], "audit")]
+    assert list(record["seconds"]) == AUDITED_SECONDS

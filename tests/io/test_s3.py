@@ -22,7 +22,7 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from pipeline.run.outdir import OUTPUT_NAMES
+from pipeline.describe.output_files import OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 
 pytestmark = [pytest.mark.slow, requires_real]

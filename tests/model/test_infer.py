@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.model.infer import TorchSegmenter, cached_count, cached_segmenter, model_shape
-from pipeline.run.scene import plan_scene
+from pipeline.run.plan import plan_scene
 from tests.conftest import coordinate_image
 
 
@@ -161,7 +161,7 @@ def test_flips_average_flipped_predictions_on_the_stride_lattice(flips: int) -> 
 
 def test_flips_come_from_the_config_and_are_checked() -> None:
     from pipeline.core.errors import ConfigError
-    from pipeline.run.scene import choose_model
+    from pipeline.run.model_choice import choose_model
 
     model = choose_model(model_path=None, config=load_config(None, **{"model.flips": 1}))
     assert model.source.flips == 1  # type: ignore[attr-defined]

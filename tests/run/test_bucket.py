@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pipeline.core.errors import InputNotFoundError
+from pipeline.describe.output_files import DATA_NAMES, OUTPUT_NAMES
 from pipeline.run.bucket import BucketManifest, plan_bucket, scene_entry
-from pipeline.run.outdir import DATA_NAMES, OUTPUT_NAMES
 from tests.conftest import DEMO_SCENE, REAL, requires_real
 from tests.stacschemas import validate
 

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli.main import app
 from pipeline.core.errors import FootprintsError, OutputBusyError, OutputConflictError, OutputError
+from pipeline.describe.output_files import DATA_NAMES, OUTPUT_NAMES
 from pipeline.io.storage import parse_location
-from pipeline.run.outdir import DATA_NAMES, LOCK_NAME, OUTPUT_NAMES, OutDirLock, check_owner, owner
+from pipeline.run.outdir import LOCK_NAME, OutDirLock, check_owner, owner
 from pipeline.run.restart import MANIFEST, state_location
 from tests.clitools import error_line, listing, publish_fake, write_lock
 from tests.conftest import coordinate_image, write_tif

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 import pipeline.run.progress as progress
 from pipeline.cli.main import app
 from pipeline.config import load_config
+from pipeline.run.plan import plan_scene
 from pipeline.run.progress import ProgressReporter, duration
-from pipeline.run.scene import plan_scene
 from tests.conftest import UTM_CRS, coordinate_image, write_tif
 
 runner = CliRunner()

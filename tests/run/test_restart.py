@@ -13,18 +13,11 @@ import pytest
 
 from pipeline.config import PipelineConfig, load_config
 from pipeline.core.errors import OutputConflictError
+from pipeline.describe.output_files import DATA_NAMES, OUTPUT_NAMES
 from pipeline.io.storage import parse_location
-from pipeline.run.outdir import DATA_NAMES, OUTPUT_NAMES
-from pipeline.run.restart import (
-    MANIFEST,
-    SKIPPED,
-    SceneState,
-    TileCache,
-    config_digest,
-    run_key,
-    state_location,
-)
+from pipeline.run.restart import MANIFEST, SceneState, config_digest, run_key, state_location
 from pipeline.run.scene import segment_scene
+from pipeline.run.tilecache import SKIPPED, TileCache
 from pipeline.tiling.grid import TileGrid
 from tests.conftest import coordinate_image, write_tif
 

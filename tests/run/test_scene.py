@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import pipeline
 from pipeline.cli.main import app
 from pipeline.config import load_config
-from pipeline.run.outdir import OUTPUT_NAMES
-from pipeline.run.scene import choose_model, probability_classes
+from pipeline.describe.output_files import OUTPUT_NAMES
+from pipeline.run.model_choice import choose_model, probability_classes
 from tests.conftest import UTM_CRS, coordinate_image
 
 OUTPUTS = set(OUTPUT_NAMES)
@@ -160,12 +160,15 @@ def test_bad_input_exits_2_with_one_line_and_no_outputs(kind: str, tmp_path: Pat
 def test_interrupted_run_leaves_no_partial_outputs(
     tmp_path: Path, make_tif: Any, small_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.run.scene as scene
+    import dataclasses
 
-    def boom(**_: Any) -> Any:
+    from pipeline.run import job
+
+    def boom(*_: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scene, "vectorize_stage", boom)
+    stages = tuple(dataclasses.replace(s, run=boom) if s.name == "vectorize" else s for s in job.STAGES)
+    monkeypatch.setattr(job, "STAGES", stages)
     src = make_tif(coordinate_image(300, 300))
     out = tmp_path / "out"
     runner.invoke(app, ["segment", str(src), "--out", str(out), "--config", str(small_config)])
@@ -175,9 +178,8 @@ def test_interrupted_run_leaves_no_partial_outputs(
 def test_geojson_is_rfc7946(tmp_path: Path) -> None:
     """Exact synthetic case: known squares in a UTM mask become CCW lon/lat polygons."""
     from pipeline.config import PipelineConfig
-    from pipeline.io.read import open_raster
-    from pipeline.run.scene import ModelChoice, ScenePlan, vectorize_stage, write_vectors_stage
-    from pipeline.tiling.grid import TileGrid
+    from pipeline.run.model_choice import ModelChoice
+    from pipeline.run.vectorizing import vectorize_rasters, write_vectors
     from tests.conftest import ORIGIN, write_tif
 
     mask = np.zeros((200, 300), np.uint8)
@@ -185,16 +187,17 @@ def test_geojson_is_rfc7946(tmp_path: Path) -> None:
     mask[100:140, 200:220] = 1
     mask[110:120, 205:210] = 0  # a hole
     prob = np.where(mask == 1, 200, 10).astype(np.uint8)
-    write_tif(tmp_path / "mask.tif", mask, nodata=255)
-    write_tif(tmp_path / "probability.tif", prob)
-    info = open_raster(tmp_path / "mask.tif")
-    plan = ScenePlan(info=info, grid=TileGrid(height=200, width=300), scene="synthetic")
-    model = ModelChoice(source=None, description={"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
+    labels = write_tif(tmp_path / "mask.tif", mask, nodata=255)
+    probability = write_tif(tmp_path / "probability.tif", prob)
+    model = ModelChoice.of(None, {"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
     cfg = PipelineConfig.model_validate(
         {"vectorize": {"min_area_m2": 1, "simplify_m": 0, "min_confidence": 0}}
     )
-    buildings = vectorize_stage(plan=plan, model=model, config=cfg, workdir=tmp_path)
-    write_vectors_stage(buildings=buildings, plan=plan, model=model, workdir=tmp_path)
+    buildings = vectorize_rasters(
+        labels=labels, probability=probability, scene="synthetic", model=model, config=cfg
+    )
+    written = write_vectors(buildings=buildings, scene="synthetic", model=model, workdir=tmp_path)
+    assert [p.name for p in written] == ["buildings.gpkg", "buildings.parquet", "buildings.geojson"]
     doc = json.loads((tmp_path / "buildings.geojson").read_text())
     assert doc["type"] == "FeatureCollection" and "crs" not in doc
     feats = doc["features"]
@@ -234,9 +237,8 @@ def test_buildings_below_min_confidence_are_dropped_after_seams_merge(
 ) -> None:
     """Exact synthetic case: the mean probability over the whole building decides, not a block's."""
     from pipeline.config import PipelineConfig
-    from pipeline.io.read import open_raster
-    from pipeline.run.scene import ModelChoice, ScenePlan, vectorize_stage
-    from pipeline.tiling.grid import TileGrid
+    from pipeline.run.model_choice import ModelChoice
+    from pipeline.run.vectorizing import vectorize_rasters
     from tests.conftest import write_tif
 
     mask = np.zeros((64, 64), np.uint8)
@@ -245,13 +247,12 @@ def test_buildings_below_min_confidence_are_dropped_after_seams_merge(
     prob = np.zeros((64, 64), np.uint8)
     prob[4:32, 4:20], prob[32:60, 4:20] = 255, 102  # mean (1.0 + 0.4) / 2 = 0.7; upper block alone 1.0
     prob[4:20, 40:60] = round(0.9 * 255)
-    write_tif(tmp_path / "mask.tif", mask, nodata=255)
-    write_tif(tmp_path / "probability.tif", prob)
-    plan = ScenePlan(info=open_raster(tmp_path / "mask.tif"), grid=TileGrid(height=64, width=64), scene="s")
-    model = ModelChoice(source=None, description={"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
+    labels = write_tif(tmp_path / "mask.tif", mask, nodata=255)
+    probability = write_tif(tmp_path / "probability.tif", prob)
+    model = ModelChoice.of(None, {"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
     options = {"min_area_m2": 1, "simplify_m": 0, "block_size": 32, "min_confidence": min_confidence}
     cfg = PipelineConfig.model_validate({"vectorize": options})
-    buildings = vectorize_stage(plan=plan, model=model, config=cfg, workdir=tmp_path)
+    buildings = vectorize_rasters(labels=labels, probability=probability, scene="s", model=model, config=cfg)
     assert sorted(np.round(buildings.confidence, 2).tolist()) == kept
 
 
@@ -268,8 +269,8 @@ def test_split_runs_for_boundary_and_contact_models(
     classes: list[str], enabled: bool, expected: bool
 ) -> None:
     from pipeline.config import load_config
-    from pipeline.run.scene import ModelChoice, splits
+    from pipeline.run.model_choice import ModelChoice, splits
 
-    model = ModelChoice(source=None, description={"classes": classes})  # type: ignore[arg-type]
+    model = ModelChoice.of(None, {"classes": classes})  # type: ignore[arg-type]
     config = load_config(None, **{"split.enabled": enabled})
     assert splits(model, config) is expected

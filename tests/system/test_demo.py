@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli.main import app
 from pipeline.config import load_config
-from pipeline.run.outdir import OUTPUT_NAMES
-from pipeline.run.scene import choose_model, plan_for
+from pipeline.describe.output_files import OUTPUT_NAMES
+from pipeline.run.model_choice import choose_model
+from pipeline.run.plan import plan_for
 from pipeline.tiling.stitch import threshold_u8
 from tests.conftest import DEMO_SCENE, requires_real
 
@@ -62,7 +63,7 @@ def test_stitched_mask_agrees_with_one_pass_prediction(demo_out: Path) -> None:
     with rasterio.open(DEMO_SCENE) as src:
         pixels = src.read([1, 2, 3])
     whole = model.source.load().predict(pixels[None], scale=plan.scale)[0, 0]
-    one_pass = whole >= threshold_u8(float(model.description["threshold"]))
+    one_pass = whole >= threshold_u8(model.threshold)
     with rasterio.open(demo_out / "mask.tif") as ds:
         stitched = ds.read(1) == 1
     union = (one_pass | stitched).sum()

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from pipeline.cli.main import app
 from pipeline.core.errors import RasterReadError
-from pipeline.run.outdir import DATA_NAMES, LOCK_NAME, OUTPUT_NAMES
+from pipeline.describe.output_files import DATA_NAMES, OUTPUT_NAMES
+from pipeline.run.outdir import LOCK_NAME
 from tests.clitools import error_line
 from tests.conftest import ORIGIN, coordinate_image, write_tif
 from tests.faultcases import CASES

@@ -175,20 +175,17 @@ def test_cli_default_postprocessing_is_the_same_for_every_block_size(
 def test_segment_vectorize_stage_is_the_same_for_every_config_block_size(tmp_path: Path) -> None:
     """``footprints segment``'s vectorize stage: ``vectorize.block_size`` changes nothing."""
     from pipeline.config import PipelineConfig
-    from pipeline.io.read import open_raster
-    from pipeline.run.scene import ModelChoice, ScenePlan, vectorize_stage
-    from pipeline.tiling.grid import TileGrid
+    from pipeline.run.model_choice import ModelChoice
+    from pipeline.run.vectorizing import vectorize_rasters
 
     mask = building_mask(400, 300, seed=3)
-    write_tif(tmp_path / "mask.tif", mask, nodata=255)
-    write_tif(tmp_path / "probability.tif", np.full(mask.shape, 250, np.uint8))
-    grid = TileGrid(height=mask.shape[0], width=mask.shape[1])
-    plan = ScenePlan(info=open_raster(tmp_path / "mask.tif"), grid=grid, scene="s")
-    model = ModelChoice(source=None, description={"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
+    labels = write_tif(tmp_path / "mask.tif", mask, nodata=255)
+    probability = write_tif(tmp_path / "probability.tif", np.full(mask.shape, 250, np.uint8))
+    model = ModelChoice.of(None, {"id": "m1", "threshold": 0.5})  # type: ignore[arg-type]
     out = []
     for block in (16, 64, 100, 257, 4096):
         cfg = PipelineConfig.model_validate({"vectorize": {"block_size": block}})
-        b = vectorize_stage(plan=plan, model=model, config=cfg, workdir=tmp_path)
+        b = vectorize_rasters(labels=labels, probability=probability, scene="s", model=model, config=cfg)
         out.append((b.id.tolist(), wkb(b.geometry), b.area_m2.tolist()))
     assert len(out[0][0]) > 25 and all(o == out[-1] for o in out)
 
