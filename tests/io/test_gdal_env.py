@@ -81,7 +81,7 @@ def test_the_cli_configures_its_process(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.slow
 def test_dask_workers_are_configured_by_their_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers start from an unconfigured environment; the plugin configures them."""
-    from pipeline.run.dispatch import connect
+    from pipeline.run.cluster import connect
 
     _clean_env(monkeypatch)
     with connect(scheduler=None, n_workers=1) as client:

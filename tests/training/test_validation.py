@@ -13,7 +13,7 @@ from pipeline.model.checkpoint import CheckpointMetadata, save_checkpoint
 from pipeline.model.deeplab import ModelSpec, build_model
 from pipeline.model.infer import CheckpointSource
 from pipeline.run.dispatch import batches, infer_batch
-from pipeline.run.scene import plan_scene
+from pipeline.run.plan import plan_scene
 from pipeline.tiling.stitch import ArraySink, Stitcher
 from pipeline.training.sampling import ValScene
 from pipeline.training.validation import VAL_BATCH, VAL_OVERLAP, scene_probability, segmenter_for
