@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,13 +47,31 @@ class QuietWorker(WorkerPlugin):
         logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
+#: Environment for the worker processes' thread pools (DESIGN.md, "Performance"): OpenMP threads
+#: sleep as soon as a parallel region ends instead of spinning (libgomp's default is 300,000
+#: spins, GOMP_SPINCOUNT). Between the many short parallel regions of the segmenter's PyTorch
+#: resampling, spinning threads burned 3-5 times the CPU of the work itself on the shared cores,
+#: the more so beside OpenVINO's own threads. A value set in the environment wins.
+THREAD_ENVIRON = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def thread_environ() -> dict[str, str]:
+    """:data:`THREAD_ENVIRON`, where the environment does not already set a variable."""
+    return {key: os.environ.get(key, value) for key, value in THREAD_ENVIRON.items()}
+
+
 class ProcessSettings(WorkerPlugin):
-    """Applies :func:`pipeline.io.gdal_env.configure_process` (GDAL's cache, S3) on every worker."""
+    """Applies :func:`pipeline.io.gdal_env.configure_process` (GDAL's cache, S3) on every worker,
+    and :data:`THREAD_ENVIRON` on a scheduler's workers that did not start with it, before torch
+    (and with it OpenMP, which reads it once) is imported there."""
 
     name = "footprints-process-settings"
 
     def setup(self, worker: Any) -> None:
         configure_process()
+        if "torch" not in sys.modules:
+            for key, value in THREAD_ENVIRON.items():
+                os.environ.setdefault(key, value)
 
 
 _SHARED: list[Client] = []
@@ -101,6 +120,7 @@ def connect(
         "OPENBLAS_NUM_THREADS": threads,
         "MALLOC_TRIM_THRESHOLD_": "65536",
         "MALLOC_ARENA_MAX": "2",
+        **thread_environ(),
     }
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
