@@ -94,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from pipeline.io.gdal_env import configure_process
+
+    configure_process()  # GDAL's block cache and S3, as the CLI sets them for itself
     main()
