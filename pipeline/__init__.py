@@ -1,8 +1,10 @@
 """footprints: building footprints from aerial imagery.
 
-Stages, one module each, data flowing one way::
+One package per concept, in the order data flows through them (DESIGN.md, "Packages and the
+data path")::
 
-    grid -> read -> (dispatch) -> infer -> stitch -> write (COG) -> vectorize -> write (vectors)
+    core, config -> tiling -> io (read) -> model -> vectorize -> io (write) -> describe -> run
+    -> training, evaluation -> cli
 
 ``build_model`` and ``load_checkpoint`` are imported lazily so that light modules
 (errors, grid, config) do not pull in torch.
