@@ -60,10 +60,12 @@ def predict_array(
     stitcher = Stitcher(grid=grid, sink=sink, channels=channels)
     tiles = list(grid)
     for start in range(0, len(tiles), batch_size):
-        batch = [(tile, _window(valid, tile)) for tile in tiles[start : start + batch_size]]
-        kept = [(tile, mask) for tile, mask in batch if mask.any()]
-        for tile, mask in batch:
-            if not mask.any():
+        kept = []
+        for tile in tiles[start : start + batch_size]:
+            mask = _window(valid, tile)
+            if mask.any():
+                kept.append((tile, mask))
+            else:
                 stitcher.mark_done(tile)
         stack = [np.ascontiguousarray(_window(pixels, tile)) for tile, _ in kept]
         for (tile, mask), prob in zip(kept, predict_by_shape(segmenter, stack, scale=scale), strict=True):

@@ -9,7 +9,6 @@ spans a few rows of tiles, never the raster.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -112,8 +111,6 @@ class Stitcher:
     _acc: NDArray[np.float32] = field(init=False, repr=False)
     _wsum: NDArray[np.float32] = field(init=False, repr=False)
     _valid: NDArray[np.bool_] = field(init=False, repr=False)
-    _done: Counter[int] = field(default_factory=Counter, repr=False)
-    _next_row: int = 0
     _next_index: int = 0
     peak_rows: int = 0
 
@@ -153,7 +150,6 @@ class Stitcher:
             tile, prediction = self._pending.pop(self._next_index)
             if prediction is not None:
                 self._blend(tile, *prediction)
-            self._done[tile.tile_row] += 1
             self._next_index += 1
         self._flush()
 
@@ -170,13 +166,12 @@ class Stitcher:
         self._valid[rows, cols] |= valid
 
     def _flushable_until(self) -> int:
-        """First raster row an unfinished tile can still touch (advances ``_next_row``)."""
-        rows = len(self._row_offsets)
-        while self._next_row < rows and self._done[self._next_row] == self._tiles_per_row:
-            self._next_row += 1
-        if self._next_row >= rows:
+        """First raster row an unfinished tile can still touch: the top of the tile row of the
+        next tile to blend (tiles are blended in grid order, so every row above it is done)."""
+        row = self._next_index // self._tiles_per_row
+        if row >= len(self._row_offsets):
             return self.grid.height
-        return self._row_offsets[self._next_row]
+        return self._row_offsets[row]
 
     def _tile_weights(self, tile: Tile) -> NDArray[np.float32]:
         """Blend window of ``tile``; only a handful of distinct windows exist per grid."""
