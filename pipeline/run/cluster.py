@@ -3,7 +3,8 @@
 :func:`connect` starts a ``LocalCluster`` (quiet workers, see :class:`QuietWorker`) or connects
 to a scheduler; :func:`shared_client` keeps one client open for a bucket's scenes, and
 :func:`scene_client` is the client a scene uses: the one given, else the shared one, else a new
-cluster from the config's ``dask`` section for the scene's duration.
+cluster from the config's ``dask`` section for the scene's duration (the whole job: the same
+workers infer the tiles and then polygonize the stitched rasters, when :func:`workers_see` them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
@@ -72,6 +73,29 @@ class ProcessSettings(WorkerPlugin):
         if "torch" not in sys.modules:
             for key, value in THREAD_ENVIRON.items():
                 os.environ.setdefault(key, value)
+
+
+def file_stats(paths: Sequence[str]) -> list[tuple[int, int] | None]:
+    """Size and modification time (ns) of each file, None where it cannot be seen."""
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+def workers_see(client: Any, paths: Sequence[str]) -> bool:
+    """True when every worker of ``client`` sees ``paths`` as this process does (same sizes and
+    modification times): a local cluster, or one sharing this machine's file system."""
+    local = file_stats(paths)
+    if None in local:
+        return False
+    seen = client.run(file_stats, list(paths))
+    return bool(seen) and all(stats == local for stats in seen.values())
 
 
 _SHARED: list[Client] = []

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from pipeline.config import PipelineConfig
 from pipeline.io.preflight import check_free_space, estimate_bytes, write_errors
+from pipeline.run.cluster import scene_client
 from pipeline.run.context import Job, SceneContext, StageTimer
 from pipeline.run.model_choice import ModelChoice, probability_channels
 from pipeline.run.plan import ScenePlan, plan_for
@@ -130,10 +131,16 @@ def check_room(job: Job) -> int:
 def run_job(job: Job, *, call: StageCall = call_stage) -> dict[str, Any]:
     """Check the free space, then run the stages in a staging folder: the run record.
 
-    A full disk or an unwritable OUTDIR met meanwhile is one line (see
-    :func:`pipeline.io.preflight.write_errors`).
+    The stages share one Dask cluster (:func:`~pipeline.run.cluster.scene_client`: the job's
+    client, else the shared one, else a new one open until the last stage ends), so that the
+    workers that inferred the tiles then polygonize the stitched rasters. A full disk or an
+    unwritable OUTDIR met meanwhile is one line (see :func:`pipeline.io.preflight.write_errors`).
     """
     out = job.target.out
     needed = check_room(job)
-    with write_errors(out=out.url, local=out.is_local, needed=needed), job.target.staging() as work:
-        return run_stages(job.in_folder(work), call=call)
+    with (
+        write_errors(out=out.url, local=out.is_local, needed=needed),
+        job.target.staging() as work,
+        scene_client(job.client, job.config.dask) as client,
+    ):
+        return run_stages(replace(job, client=client).in_folder(work), call=call)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -211,14 +212,25 @@ class SceneRegions:
     pixel_m: float | None
 
 
-def scene_regions(*, values_path: str, probability_path: str | None, block_size: int = 1024) -> SceneRegions:
+def scene_regions(
+    *,
+    values_path: str,
+    probability_path: str | None,
+    block_size: int = 1024,
+    client: Any | None = None,
+    max_in_flight: int = 4,
+) -> SceneRegions:
     """Polygonize a mask or region raster block by block; ``confidence`` statistics from
-    ``probability_path`` (uint8 0-255)."""
+    ``probability_path`` (uint8 0-255). With a Dask ``client``, the bands are polygonized on
+    its workers (see :func:`~pipeline.vectorize.polygonize.polygonize_blocks`)."""
     with rasterio.open(values_path) as ds:
         b = ds.bounds
         bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
         pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
-    regions = polygonize_blocks(values_path, block_size=block_size, stats_path=probability_path)
+    regions = polygonize_blocks(
+        values_path, block_size=block_size, stats_path=probability_path, client=client,
+        max_in_flight=max_in_flight,
+    )  # fmt: skip
     return SceneRegions(regions=regions, bounds=bounds, pixel_m=pixel_m)
 
 
@@ -230,13 +242,19 @@ def vectorize_scene(
     options: OutlineOptions,
     block_size: int = 1024,
     scoring: ScoreContext | None = None,
+    client: Any | None = None,
+    max_in_flight: int = 4,
 ) -> Buildings:
     """Polygonize a mask or region raster block by block into :class:`Buildings`.
 
     ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building;
-    ``scoring`` as in :func:`buildings_from_regions`.
+    ``scoring`` as in :func:`buildings_from_regions`; ``client`` and ``max_in_flight`` as in
+    :func:`~pipeline.vectorize.polygonize.polygonize_blocks`.
     """
-    sr = scene_regions(values_path=values_path, probability_path=probability_path, block_size=block_size)
+    sr = scene_regions(
+        values_path=values_path, probability_path=probability_path, block_size=block_size, client=client,
+        max_in_flight=max_in_flight,
+    )  # fmt: skip
     return buildings_from_regions(
         sr.regions, scene=scene, bounds=sr.bounds, options=options, pixel_m=sr.pixel_m, scoring=scoring
     )

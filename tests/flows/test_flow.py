@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,11 +97,15 @@ def test_a_stage_added_to_the_job_runs_as_a_task_of_the_flow(
 ) -> None:
     """Adding a stage to pipeline.run.job.STAGES is all it takes: the flow runs it as a task."""
     from flows.segment_scene import segment_scene_flow
-    from tests.run.test_job import AUDITED_SECONDS, audit_stage, small_scene, with_stage
+    from tests.run.test_job import AUDITED_SECONDS, audit_stage, small_scene, spy_polygonize, with_stage
 
     calls: list[tuple[str, int, str | None]] = []
-    with_stage(monkeypatch, audit_stage(calls))
+    clients: list[Any] = []
+    with_stage(monkeypatch, audit_stage(calls, clients))
+    polygonized = spy_polygonize(monkeypatch)
     src, cfg = small_scene(tmp_path)
     record = segment_scene_flow(str(src), str(tmp_path / "out"), config_path=str(cfg))
     assert calls == [("small", record["counts"]["buildings"], "audit")]
+    # one cluster for the job's tasks: its workers polygonized the bands
+    assert clients == polygonized and clients[0] is not None
     assert list(record["seconds"]) == AUDITED_SECONDS

@@ -38,14 +38,19 @@ def test_the_flow_has_one_task_per_stage_named_as_before() -> None:
     assert [t.retries for t in tasks] == [IO_RETRIES, 0, 0, IO_RETRIES]  # I/O stages retry
 
 
-def audit_stage(calls: list[tuple[str, int, str | None]]) -> Stage[Vectorized, Vectorized]:
-    """A stage added after vectorize: notes the scene, its building count and the task running it."""
+def audit_stage(
+    calls: list[tuple[str, int, str | None]], clients: list[Any] | None = None
+) -> Stage[Vectorized, Vectorized]:
+    """A stage added after vectorize: notes the scene, its building count and the task running it
+    (and in ``clients``, the job's Dask client)."""
 
     def audit(ctx: SceneContext, vectorized: Vectorized) -> Vectorized:
         from prefect.context import TaskRunContext
 
         task_run = TaskRunContext.get()
         calls.append((ctx.plan.scene, len(vectorized.buildings), task_run.task.name if task_run else None))
+        if clients is not None:
+            clients.append(ctx.client)
         return vectorized
 
     return Stage("audit", audit)
@@ -63,6 +68,21 @@ def small_scene(tmp_path: Path) -> tuple[Path, Path]:
 AUDITED_SECONDS = ["plan", "infer_stitch", "vectorize", "audit", "write_vectors", "describe"]
 
 
+def spy_polygonize(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The ``client`` each polygonization of the job was given (None: in this process)."""
+    from pipeline.vectorize import buildings
+
+    seen: list[Any] = []
+    original = buildings.polygonize_blocks
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("client"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(buildings, "polygonize_blocks", spy)
+    return seen
+
+
 def with_stage(monkeypatch: pytest.MonkeyPatch, stage: Stage[Any, Any]) -> None:
     names = [s.name for s in job.STAGES]
     at = names.index("vectorize") + 1
@@ -72,11 +92,17 @@ def with_stage(monkeypatch: pytest.MonkeyPatch, stage: Stage[Any, Any]) -> None:
 def test_a_stage_added_to_the_list_runs_in_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: None
 ) -> None:
+    from pipeline.run.cluster import active_client
+
     calls: list[tuple[str, int, str | None]] = []
-    with_stage(monkeypatch, audit_stage(calls))
+    clients: list[Any] = []
+    with_stage(monkeypatch, audit_stage(calls, clients))
+    polygonized = spy_polygonize(monkeypatch)
     src, cfg = small_scene(tmp_path)
     result = runner.invoke(app, ["segment", str(src), "--out", str(tmp_path / "out"), "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert calls == [("small", record["counts"]["buildings"], None)]  # in-process: no task
+    # the stages after infer-and-stitch still have the cluster, whose workers polygonized the bands
+    assert clients == polygonized == [active_client()] and clients[0] is not None
     assert list(record["seconds"]) == AUDITED_SECONDS
