@@ -20,6 +20,8 @@ from pipeline.core.errors import ConfigError, InputNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODEL = "deeplabv3-lite0-buildings.safetensors"
+"""The default checkpoint's file name in ``models/`` (the other checkpoints there are options)."""
 
 
 class _Section(BaseModel):
@@ -184,6 +186,6 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
 
 
 def default_checkpoint() -> Path | None:
-    """The shipped checkpoint in ``models/`` (the newest ``*.safetensors``), if any."""
-    found = sorted(MODELS_DIR.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    """The default checkpoint, :data:`DEFAULT_MODEL` in ``models/``, if it is there."""
+    path = MODELS_DIR / DEFAULT_MODEL
+    return path if path.is_file() else None

@@ -15,8 +15,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model.deeplab import build_model
+from pipeline.model.checkpoint import at_output_stride, load_checkpoint, save_checkpoint
 
 
 def main() -> None:
@@ -30,11 +29,8 @@ def main() -> None:
     if args.dst.resolve() == args.src.resolve():
         raise SystemExit(f"{args.dst}: the variant must not overwrite its source; choose another path")
     loaded = load_checkpoint(args.src)
-    spec, model, info = loaded.spec, loaded.model, loaded.info
-    if args.output_stride is not None and args.output_stride != spec.output_stride:
-        spec = dataclasses.replace(spec, output_stride=args.output_stride)
-        model = build_model(spec)
-        model.load_state_dict(loaded.model.state_dict(), strict=True)
+    model, spec = at_output_stride(loaded, args.output_stride or loaded.spec.output_stride)
+    info = loaded.info
     if args.threshold is not None:
         info = dataclasses.replace(info, threshold=args.threshold)
     path = save_checkpoint(args.dst, model=model, spec=spec, metadata=info, half=args.half)

@@ -27,7 +27,10 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / ".gpu" / "dataset.npz")
     parser.add_argument(
-        "--init", type=Path, default=REPO / "models" / "deeplabv3-lite0-buildings.safetensors"
+        "--init",
+        type=Path,
+        default=REPO / "models" / "deeplabv3-lite0-buildings-os16.safetensors",
+        help="start from this checkpoint (default: stage 3, as the CPU's final stage did)",
     )
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for model.safetensors and summary.json"
@@ -42,9 +45,28 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--output-stride", type=int, default=16)
+    parser.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(8, 16),
+        default=8,
+        help="the stage's stride; an --init at another stride is converted first (same weights)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="tiny run on the CPU")
     return parser.parse_args()
+
+
+def _at_stride(init: Path, output_stride: int, work: Path) -> Path:
+    """``init``, or a copy of it converted to ``output_stride`` in ``work`` (same weights)."""
+    from pipeline.model.checkpoint import at_output_stride, load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(init)
+    if loaded.spec.output_stride == output_stride:
+        return init
+    model, spec = at_output_stride(loaded, output_stride)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"init-os{output_stride}.safetensors"
+    return save_checkpoint(out, model=model, spec=spec, metadata=loaded.info)
 
 
 def main() -> None:
@@ -54,6 +76,7 @@ def main() -> None:
     from pipeline.training.train import train
 
     device = "cpu" if args.dry_run else "cuda"
+    args.init = _at_stride(args.init, args.output_stride, args.work)
     common: dict[str, Any] = {
         "data": str(args.data), "init": str(args.init), "device": device, "crop": args.crop,
         "batch_size": args.batch_size, "workers": args.workers, "lr": args.lr,

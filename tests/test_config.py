@@ -42,3 +42,21 @@ def test_bad_config_is_a_one_line_config_error(tmp_path: Path, text: str, where:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(InputNotFoundError):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_default_checkpoint_is_the_named_file_not_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another checkpoint in models/ (an option, however recent its mtime) never becomes the default."""
+    import os
+
+    from pipeline import config
+
+    monkeypatch.setattr(config, "MODELS_DIR", tmp_path)
+    assert config.default_checkpoint() is None
+    default = tmp_path / config.DEFAULT_MODEL
+    default.write_bytes(b"d")
+    option = tmp_path / "deeplabv3-lite0-buildings-os16.safetensors"
+    option.write_bytes(b"o")
+    os.utime(default, (1_000_000, 1_000_000))  # the option is newer
+    assert config.default_checkpoint() == default

@@ -56,6 +56,7 @@ __all__ = [
     "METADATA_KEY",
     "CheckpointMetadata",
     "LoadedModel",
+    "at_output_stride",
     "check_checkpoint",
     "load_checkpoint",
     "read_checkpoint_metadata",
@@ -357,3 +358,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedModel:
         id=source.stem,
         path=source,
     )
+
+
+def at_output_stride(loaded: LoadedModel, output_stride: int) -> tuple[DeepLabV3, ModelSpec]:
+    """The loaded weights in a model at ``output_stride`` (8 or 16), and its spec.
+
+    Output stride changes only the encoder's last strides and dilations and the ASPP rates
+    (6, 12, 18 at 16; 12, 24, 36 at 8), not the weights' shapes: an OS-16 model runs at OS 8
+    as the DeepLabV3 paper evaluates it, and a stage trained at OS 8 starts from it.
+    """
+    if output_stride == loaded.spec.output_stride:
+        return loaded.model, loaded.spec
+    spec = dataclasses.replace(loaded.spec, output_stride=output_stride)
+    model = build_model(spec)  # raises for a stride DeepLabV3 does not support
+    with torch.no_grad():
+        model.load_state_dict(loaded.model.state_dict(), strict=True)
+    return model.eval(), spec

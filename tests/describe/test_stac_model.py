@@ -22,8 +22,12 @@ COMMITTED = MODELS / "deeplabv3-lite0-buildings.mlm.json"
 runner = CliRunner()
 
 
-def test_the_committed_mlm_json_is_in_sync_with_the_checkpoint() -> None:
-    assert COMMITTED.read_text() == model_json(SHIPPED), "run `footprints model-stac` and commit the result"
+@pytest.mark.parametrize("checkpoint", sorted(MODELS.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_every_committed_checkpoint_has_its_mlm_json_in_sync(checkpoint: Path) -> None:
+    """The default model and the options beside it (``-os16``) each have an up-to-date ``NAME.mlm.json``."""
+    committed = checkpoint.with_suffix(".mlm.json")
+    assert committed.is_file(), f"run `footprints model-stac {checkpoint}` and commit the result"
+    assert committed.read_text() == model_json(checkpoint), f"run `footprints model-stac {checkpoint}`"
 
 
 def test_mlm_item_validates_offline() -> None:

@@ -18,6 +18,7 @@ from pipeline.model.checkpoint import (
     METADATA_KEY,
     CheckpointMetadata,
     LoadedModel,
+    at_output_stride,
     load_checkpoint,
     read_checkpoint_metadata,
     save_checkpoint,
@@ -300,3 +301,23 @@ def test_client_checks_tensors_against_the_header_digest_without_torch(
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "foreign.safetensors" in done.stdout and "re-save" in done.stdout  # a CheckpointError
+
+
+def test_at_output_stride_keeps_the_weights_and_changes_the_lattice(model: DeepLabV3, saved: Path) -> None:
+    """OS 8 -> 16 -> 8: the same tensors, the rates of each stride, and back to the same outputs."""
+    loaded = load_checkpoint(saved)
+    assert at_output_stride(loaded, 8) == (loaded.model, loaded.spec)  # already there: unchanged
+    os16, spec16 = at_output_stride(loaded, 16)
+    assert spec16.output_stride == 16 and os16.rates == (6, 12, 18) and loaded.model.rates == (12, 24, 36)
+    want, got = loaded.model.state_dict(), os16.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.equal(loaded.model(x), os16(x))  # another lattice, another prediction
+    path = save_checkpoint(saved.parent / "os16.safetensors", model=os16, spec=spec16, metadata=loaded.info)
+    back, spec8 = at_output_stride(load_checkpoint(path), 8)
+    assert spec8 == SPEC and not back.training
+    with torch.no_grad():
+        assert torch.equal(back(x), model.eval()(x))
+    with pytest.raises(ModelError):
+        at_output_stride(loaded, 32)
