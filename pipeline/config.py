@@ -121,6 +121,13 @@ class VectorizeConfig(_Section):
         le=1.0,
         description="A building becomes its fitted rectangle at this IoU or more; 0 = off.",
     )
+    corner_area_ratio: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A diagonal edge is dropped (its neighbours meet at a corner) when that moves less "
+        "than this share of the building's area: a rounded corner of the mask, not a wall; 0 = off.",
+    )
     scorer: str = Field(
         "auto",
         description="False-positive scorer (pipeline.vectorize.scoring): 'auto' (CKPT.scorer.json beside the "

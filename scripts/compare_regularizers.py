@@ -6,7 +6,8 @@ variant, overlap removal, clipping to the scene; see ``pipeline.vectorize.postpr
 * ``raw``: the pixel outlines, no simplification;
 * ``douglas-peucker``: shapely ``simplify`` at ``--dp-m`` metres;
 * ``ours-walls``: ``pipeline.vectorize.regularize`` as before issue 12 (oriented by its walls, no priors);
-* ``ours``: the default, oriented by each outline's minimum rotated rectangle, no priors;
+* ``ours``: the default, oriented by each outline's minimum rotated rectangle, no priors, diagonals
+  that move under ``corner_area_ratio`` of the area dropped (the config's value);
 * ``ours+priors``: with shared neighbour orientations and fitted rectangles
   (``--group-m``, ``--group-tolerance-deg``, ``--rectangle-iou``);
 * ``buildingregulariser``: the PyPI package (0.2.5, its defaults, one process), when it is
@@ -145,7 +146,14 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         Variant("raw", {"regularize": False, "simplify_m": 0.0}),
         Variant(f"douglas-peucker {args.dp_m} m", {"regularize": False, "simplify_m": args.dp_m}),
         Variant(
-            "ours-walls", {"regularize": True, "orientation": "walls", "group_m": 0.0, "rectangle_iou": 0.0}
+            "ours-walls",
+            {
+                "regularize": True,
+                "orientation": "walls",
+                "group_m": 0.0,
+                "rectangle_iou": 0.0,
+                "corner_area_ratio": 0.0,
+            },
         ),
         Variant(
             "ours", {"regularize": True, "orientation": "envelope", "group_m": 0.0, "rectangle_iou": 0.0}

@@ -76,6 +76,7 @@ class OutlineOptions:
     group_m: float = 0.0
     group_tolerance_deg: float = 5.0
     rectangle_iou: float = 0.0
+    corner_area_ratio: float = 0.0
 
     @property
     def priors(self) -> Priors:
@@ -85,6 +86,7 @@ class OutlineOptions:
             group_m=self.group_m,
             group_tolerance_deg=self.group_tolerance_deg,
             rectangle_iou=self.rectangle_iou,
+            corner_area_ratio=self.corner_area_ratio,
         )
 
 

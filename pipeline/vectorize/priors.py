@@ -47,6 +47,7 @@ class Priors:
     group_m: float = 0.0  # buildings closer than this (m) share an orientation
     group_tolerance_deg: float = 5.0  # ... when their orientations differ by at most this
     rectangle_iou: float = 0.0  # a building becomes its fitted rectangle at this IoU or more
+    corner_area_ratio: float = 0.0  # a diagonal goes when its corner triangle is less than this share
 
 
 def folded_difference(a: F64, b: F64) -> F64:

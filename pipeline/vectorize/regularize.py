@@ -17,7 +17,9 @@ building-like outline, in metres:
   outline whose moment-fitted rectangle has IoU >= ``rectangle_iou`` with it becomes that
   rectangle.
 * Each ring, rotated by -theta about its bounding-box centre so that its walls run along
-  the axes, is squared by :func:`pipeline.vectorize.squaring.snap_ring` and rotated back.
+  the axes, is squared by :func:`pipeline.vectorize.squaring.snap_ring` and rotated back;
+  with ``priors.corner_area_ratio`` a diagonal whose removal moves less than that share of
+  the building's area goes too (rounded corners of a blob-like mask; issue 12).
 
 The result (simplified holes kept) is repaired with ``make_valid`` and its largest
 polygon kept; it falls back to the simplified input when it is empty, changed the area
@@ -224,7 +226,10 @@ def _orthogonal_shells(
     # Python loop per polygon: each ring's edge list is ragged and its merges are sequential.
     for i in np.flatnonzero(ok).tolist():
         s = int(table.starts[i])
-        pts = snap_ring(groups[s : s + int(table.counts[i])], min_edge_m=min_edge_m, max_shift_m=max_shift_m)
+        pts = snap_ring(
+            groups[s : s + int(table.counts[i])], min_edge_m=min_edge_m, max_shift_m=max_shift_m,
+            corner_area_ratio=priors.corner_area_ratio,
+        )  # fmt: skip
         if pts is None:
             ok[i] = False
             continue

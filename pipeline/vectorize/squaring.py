@@ -15,7 +15,10 @@ rotated so that the building's walls run along the axes (see :mod:`pipeline.vect
 * the shortest edge, if shorter than ``min_edge_m`` (diagonals: ``2 * min_edge_m``) or
   reversed, goes: a short diagonal between two parallel walls becomes a jog (an edge
   across them), anything else is dropped so that its neighbours merge or meet. Lines
-  are snapped again until every edge is long enough.
+  are snapped again until every edge is long enough;
+* then, with ``corner_area_ratio``, the diagonal whose removal moves the least area goes
+  while that area is under the ratio times the ring's area (a rounded or cut corner of a
+  blob-like mask moves little; a real diagonal wall moves a lot), and lines are snapped again.
 
 This is the only Python loop of the regularizer: each ring has its own small, ragged edge
 list whose merges depend on the previous ones, which does not vectorize.
@@ -104,8 +107,42 @@ def _signed_lengths(groups: list[Group], pts: list[Point]) -> list[float]:
     return out
 
 
-def snap_ring(groups: list[Group], *, min_edge_m: float, max_shift_m: float) -> list[Point] | None:
-    """Vertices of one orthogonalized ring (rotated frame), or None when it collapses."""
+def _ring_area(pts: list[Point]) -> float:
+    """Unsigned shoelace area of a ring."""
+    n = len(pts)
+    return abs(sum(pts[i - 1][0] * pts[i][1] - pts[i][0] * pts[i - 1][1] for i in range(n))) / 2.0
+
+
+def _corner_areas(groups: list[Group], pts: list[Point], max_shift_m: float) -> list[float]:
+    """Per diagonal edge, the area (m²) its removal moves (``math.inf`` for H/V edges).
+
+    Without the diagonal its neighbours' lines meet at a corner (:func:`_corner`): the
+    triangle of the diagonal and that corner. Between two parallel walls it becomes a jog
+    instead: the triangle |dx dy| / 2 of its chord.
+    """
+    n, out = len(groups), []
+    for i, g in enumerate(groups):
+        (x0, y0), (x1, y1) = pts[i], pts[(i + 1) % n]
+        before, after = groups[i - 1], groups[(i + 1) % n]
+        if g[0] != D:
+            out.append(math.inf)
+        elif before[0] == after[0] != D:
+            out.append(abs((x1 - x0) * (y1 - y0)) / 2.0)
+        else:
+            cx, cy = _corner(before, after, max_shift_m)
+            out.append(abs((x1 - x0) * (cy - y0) - (y1 - y0) * (cx - x0)) / 2.0)
+    return out
+
+
+def snap_ring(
+    groups: list[Group], *, min_edge_m: float, max_shift_m: float, corner_area_ratio: float = 0.0
+) -> list[Point] | None:
+    """Vertices of one orthogonalized ring (rotated frame), or None when it collapses.
+
+    When every edge is long enough, a diagonal still goes where removing it moves less than
+    ``corner_area_ratio`` of the ring's area (:func:`_corner_areas`): a rounded or cut corner
+    of a blob-like mask, not a diagonal wall.
+    """
     groups = _merge_runs(groups)
     while len(groups) >= 3:
         n = len(groups)
@@ -113,7 +150,12 @@ def snap_ring(groups: list[Group], *, min_edge_m: float, max_shift_m: float) -> 
         lengths = _signed_lengths(groups, pts)
         k = min(range(n), key=lengths.__getitem__)
         if lengths[k] >= min_edge_m:
-            return pts
+            if corner_area_ratio <= 0 or n <= 4:
+                return pts
+            moved = _corner_areas(groups, pts, max_shift_m)
+            k = min(range(n), key=moved.__getitem__)
+            if moved[k] >= corner_area_ratio * _ring_area(pts):
+                return pts
         g, before, after = groups[k], groups[k - 1][0], groups[(k + 1) % n][0]
         if g[0] == D and before == after != D:  # a short diagonal between parallel walls: a jog
             groups[k] = _as_axis(g, V if before == H else H)

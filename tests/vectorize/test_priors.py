@@ -183,3 +183,60 @@ def test_property_priors_keep_delivered_polygons_independent_of_blocks(
         outline_options(load_config(None).vectorize), group_m=3.0, group_tolerance_deg=8.0, rectangle_iou=0.8
     )
     assert_block_independent(buildings, blocks, options)
+
+
+# --------------------------------------------------------------------------- corner areas (issue 12)
+
+
+def default_outlines(*truth: shapely.Geometry) -> Geoms:
+    """Pixel outlines of ``truth`` (0.3 m) post-processed with the default config's settings."""
+    o = outline_options(load_config(None).vectorize)
+    return postprocess(
+        pixels(*truth), fill_holes_m2=o.fill_holes_m2, simplify_m=o.simplify_m, regularize=True,
+        angle_tolerance_deg=o.angle_tolerance_deg, min_edge_m=o.min_edge_m, pixel_m=0.3, priors=o.priors,
+    )  # fmt: skip
+
+
+def test_default_corner_area_ratio() -> None:
+    assert outline_options(load_config(None).vectorize).priors.corner_area_ratio == 0.01
+
+
+def test_small_cut_corner_goes_by_area() -> None:
+    # a 2.5 m cut corner (3.5 m long, so the length rule keeps it) moves 3.125 m² of 596.9 m²: 0.52%
+    cut = shapely.Polygon([(0, 0), (30, 0), (30, 17.5), (27.5, 20), (0, 20)])
+    kept = regularize(np.array([cut]), priors=Priors())[0]
+    assert kept.normalize().equals(cut.normalize())
+    out = regularize(np.array([cut]), priors=Priors(corner_area_ratio=0.01))[0]
+    assert out.normalize().equals(shapely.box(0, 0, 30, 20).normalize())
+
+
+def test_real_diagonal_wall_is_kept_by_area() -> None:
+    # a 7 m diagonal wall: dropping it moves 12.5 m² of 127.5 m² (9.8%)
+    wall = shapely.Polygon([(0, 0), (14, 0), (14, 5), (9, 10), (0, 10)])
+    out = regularize(np.array([wall]), priors=Priors(corner_area_ratio=0.01))[0]
+    assert out.normalize().equals(wall.normalize())
+    gone = regularize(np.array([wall]), priors=Priors(corner_area_ratio=0.1))[0]
+    assert gone.normalize().equals(shapely.box(0, 0, 14, 10).normalize())
+
+
+@pytest.mark.parametrize("angle", [0.0, 20.0, 33.0])
+def test_rounded_corners_of_a_blob_become_right_angles(angle: float) -> None:
+    rounded = shapely.box(3, 3, 21, 13).buffer(3, quad_segs=2)  # 24 x 16 m, 3 m radius corners
+    truth = affinity.translate(affinity.rotate(affinity.translate(rounded, -12, -8), angle, origin=(0, 0)),
+                               600030.0, 3300030.0)  # fmt: skip
+    assert shapely.get_num_coordinates(regularize(pixels(truth), priors=Priors())[0]) > 9
+    out = default_outlines(truth)[0]
+    assert shapely.get_num_coordinates(out) == 5
+    assert np.all(corner_cosines(out) < 1e-6)
+    assert iou(out, truth) > 0.95
+
+
+def test_default_outlines_drop_noise_jog_keep_real_wing() -> None:
+    jog = shapely.Polygon([(0, 0), (12, 0), (12, 8), (6, 8), (6, 8.4), (0, 8.4)])  # 0.4 m noise jog
+    ell = shapely.Polygon([(0, 0), (12, 0), (12, 5), (4, 5), (4, 8), (0, 8)])  # a real 3 m wing
+    placed = [affinity.translate(affinity.rotate(g, 25.0, origin=(0, 0)), 600000.0 + x, 3300020.0)
+              for g, x in ((jog, 15.0), (ell, 40.0))]  # fmt: skip
+    out = default_outlines(*placed)
+    assert [shapely.get_num_coordinates(g) for g in out] == [5, 7]
+    assert all(np.all(corner_cosines(g) < 1e-6) for g in out)
+    assert iou(out[1], placed[1]) > 0.95
