@@ -15,7 +15,6 @@ from pathlib import Path
 from pipeline.core.errors import NoDataError
 from pipeline.io.read import RasterInfo
 from pipeline.io.write import CogSink
-from pipeline.run.cluster import scene_client
 from pipeline.run.context import SceneContext, Stitched, StitchStats
 from pipeline.run.dispatch import run_batches
 from pipeline.run.feeder import BatchFeeder
@@ -80,21 +79,25 @@ def infer_and_stitch(ctx: SceneContext, previous: None = None) -> Stitched:
 
 
 def _dispatch(ctx: SceneContext, feed: BatchFeeder) -> int:
-    """Run every tile's batch on the scene's cluster, feeding ``feed``: the batch count."""
+    """Run every tile's batch on the scene's cluster, feeding ``feed``: the batch count.
+
+    The cluster is the job's (:func:`pipeline.run.job.run_job` opens it for every stage).
+    """
     state, tc = ctx.state, ctx.config.tiling
-    with scene_client(ctx.client, ctx.config.dask) as client:
-        return run_batches(
-            client,
-            info=ctx.plan.info,
-            grid=ctx.plan.grid,
-            source=ctx.model.source,
-            batch_size=tc.batch_size,
-            max_in_flight=ctx.config.dask.max_batches_in_flight,
-            on_batch=feed,
-            scale=ctx.plan.scale,
-            cache=state.cache if state is not None else None,
-            reuse=state.finished_tiles if state is not None else frozenset(),
-        )
+    if ctx.client is None:
+        raise RuntimeError("infer-and-stitch ran without the job's Dask client; run it through run_job")
+    return run_batches(
+        ctx.client,
+        info=ctx.plan.info,
+        grid=ctx.plan.grid,
+        source=ctx.model.source,
+        batch_size=tc.batch_size,
+        max_in_flight=ctx.config.dask.max_batches_in_flight,
+        on_batch=feed,
+        scale=ctx.plan.scale,
+        cache=state.cache if state is not None else None,
+        reuse=state.finished_tiles if state is not None else frozenset(),
+    )
 
 
 def _grow_regions(ctx: SceneContext, seeds: SeedSink, *, mask: Path) -> Path:

@@ -15,6 +15,7 @@ most ``max_in_flight`` past the oldest, and yields their results in band order.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Iterator
@@ -146,10 +147,18 @@ def iter_raster_bands(
 ) -> Iterator[Band]:
     """Windowed reads of full-width bands; nodata (value or mask) becomes 0."""
     check_block_size(block_size)
-    env = rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)  # rows are read once: keep GDAL's cache small
-    with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
+    with _opened(values_path, stats_path=stats_path, band=band) as (ds, st):
         for row_off in range(0, ds.height, block_size):
             yield _read_band(ds, st, path=values_path, row_off=row_off, block_size=block_size, band=band)
+
+
+@contextlib.contextmanager
+def _opened(values_path: str, *, stats_path: str | None, band: int) -> Iterator[tuple[Any, Any]]:
+    """The values raster and the statistics raster (or None), checked, under a small GDAL cache
+    (rows are read once)."""
+    env = rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)
+    with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
+        yield ds, st
 
 
 def _read_band(ds: Any, st: Any, *, path: str, row_off: int, block_size: int, band: int) -> Band:
@@ -322,8 +331,7 @@ def raster_band_pieces(
     """
     error: FootprintsError | None = None
     try:
-        env = rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)
-        with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
+        with _opened(values_path, stats_path=stats_path, band=band) as (ds, st):
             got = _read_band(ds, st, path=values_path, row_off=row_off, block_size=block_size, band=band)
         return band_pieces(got, width)
     except FootprintsError as exc:
