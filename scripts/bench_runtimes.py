@@ -13,9 +13,10 @@ channels-last, the reference):
   batch 1 and batch 4. The runtimes take turns, ``--repeats`` rounds of each, and the median round
   counts, so a load that comes and goes on the machine weighs on all of them alike;
 * **agreement**: every tile of every validation scene (the pipeline's own grid, tiles read as a
-  run reads them) goes through the whole segmenter (:class:`pipeline.model.infer.TorchSegmenter`), and the
-  building mask at the checkpoint's threshold is compared with PyTorch fp32 eager's (the module as
-  trained, contiguous memory, no autocast): pooled IoU over all tiles and the worst scene's IoU.
+  run reads them) goes through the whole segmenter (:class:`pipeline.model.infer.TorchSegmenter`,
+  or :class:`pipeline.model.arrays.ArraySegmenter` for the exported runtimes), and the building
+  mask at the checkpoint's threshold is compared with PyTorch fp32 eager's (the module as trained,
+  contiguous memory, no autocast): pooled IoU over all tiles and the worst scene's IoU.
   A runtime agrees at IoU >= 0.995 (issue 14). ``torch.compile`` compiles once per input shape
   (with symbolic shapes, Inductor spent over 35 minutes in sympy on this model before we stopped
   it), so it is compared on the 512² timing tiles only: their building masks from its logits
@@ -48,13 +49,35 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import PipelineConfig, default_checkpoint
 from pipeline.io.read import read_tile
-from pipeline.model.infer import CheckpointSource, TorchSegmenter, model_shape
-from pipeline.model.runtimes import RUNTIMES, Forward, TorchForward
+from pipeline.model.arrays import ArraySegmenter, pad_to_stride
+from pipeline.model.infer import CheckpointSource, Forward, TorchForward, TorchSegmenter, model_shape
+from pipeline.model.runtimes import RUNTIMES
 from pipeline.run.model_choice import choose_model
 from pipeline.run.plan import plan_for
 
 AGREE_IOU = 0.995
 TILE = 512
+
+
+#: A runtime's segmenter: PyTorch's, or the exported runtimes' on arrays.
+Segmenter = TorchSegmenter | ArraySegmenter
+
+
+def forward_of(seg: Segmenter) -> Forward:
+    """The segmenter's forward pass alone, on a normalized tensor (for timing and logit masks)."""
+    if isinstance(seg, TorchSegmenter):
+        return seg.model
+    return _ArrayForward(seg)
+
+
+class _ArrayForward:
+    def __init__(self, seg: ArraySegmenter) -> None:
+        self.seg, self.output_stride = seg, seg.output_stride
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        padded = np.ascontiguousarray(pad_to_stride(x.numpy(), self.output_stride))
+        return torch.from_numpy(self.seg.run(padded))[..., :height, :width]
 
 
 @dataclass
@@ -139,9 +162,9 @@ class _Plain:
         return out
 
 
-def segmenters(model_path: str, names: list[str], threads: int) -> dict[str, TorchSegmenter | str]:
+def segmenters(model_path: str, names: list[str], threads: int) -> dict[str, Segmenter | str]:
     """Each runtime's segmenter, or the reason it could not be built."""
-    out: dict[str, TorchSegmenter | str] = {}
+    out: dict[str, Segmenter | str] = {}
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -154,7 +177,7 @@ def segmenters(model_path: str, names: list[str], threads: int) -> dict[str, Tor
                 seg.model = TorchForward(module=compiled, output_stride=seg.model.output_stride)  # type: ignore[arg-type]
             else:
                 seg = CheckpointSource(model_path, device="cpu", threads=threads, runtime=name).load()
-            assert isinstance(seg, TorchSegmenter)
+            assert isinstance(seg, TorchSegmenter | ArraySegmenter)
             out[name] = seg
         except Exception as exc:  # a runtime that is not installed or fails: say why, go on
             out[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
@@ -162,12 +185,12 @@ def segmenters(model_path: str, names: list[str], threads: int) -> dict[str, Tor
     return out
 
 
-def masks(seg: TorchSegmenter, scene: SceneTiles, threshold: float) -> list[np.ndarray]:
+def masks(seg: Segmenter, scene: SceneTiles, threshold: float) -> list[np.ndarray]:
     return [seg.predict(px[None], scale=scene.scale)[0, 0] >= threshold * 255 for px in scene.pixels]
 
 
 def agreement(
-    seg: TorchSegmenter, scenes: list[SceneTiles], reference: list[list[np.ndarray]], threshold: float
+    seg: Segmenter, scenes: list[SceneTiles], reference: list[list[np.ndarray]], threshold: float
 ) -> dict[str, Any]:
     inter = union = 0
     worst, worst_name = 1.0, ""
@@ -186,7 +209,7 @@ def agreement(
 
 
 def logit_agreement(
-    seg: TorchSegmenter, ref: TorchSegmenter, tiles: list[torch.Tensor], threshold: float
+    seg: Segmenter, ref: TorchSegmenter, tiles: list[torch.Tensor], threshold: float
 ) -> dict[str, Any]:
     """Building masks (sigmoid >= threshold, i.e. logit >= logit(threshold)) of the forwards
     alone, on the 512² timing tiles."""
@@ -194,7 +217,7 @@ def logit_agreement(
     inter = union = 0
     with torch.inference_mode():
         for x in tiles:
-            got, want = seg.model(x)[:, 0] >= cut, ref.model(x)[:, 0] >= cut
+            got, want = forward_of(seg)(x)[:, 0] >= cut, ref.model(x)[:, 0] >= cut
             inter += int((got & want).sum())
             union += int((got | want).sum())
     iou = inter / union if union else 1.0
@@ -213,18 +236,18 @@ def one_round(forward: Forward, tiles: list[torch.Tensor], batch: int) -> float:
 
 
 def timings(
-    segs: dict[str, TorchSegmenter], tiles: list[torch.Tensor], repeats: int, threads: int
+    segs: dict[str, Segmenter], tiles: list[torch.Tensor], repeats: int, threads: int
 ) -> dict[str, dict[int, float]]:
     """Median ms per tile at batch 1 and 4; the runtimes take turns in every round."""
     rounds: dict[str, dict[int, list[float]]] = {n: {1: [], 4: []} for n in segs}
     for batch in (1, 4):
         for seg in segs.values():  # warm-up (and, for torch.compile, the compilation)
             torch.set_num_threads(threads)
-            one_round(seg.model, tiles[:batch], batch)
+            one_round(forward_of(seg), tiles[:batch], batch)
         for _ in range(repeats):
             for name, seg in segs.items():
                 torch.set_num_threads(threads)
-                rounds[name][batch].append(one_round(seg.model, tiles, batch))
+                rounds[name][batch].append(one_round(forward_of(seg), tiles, batch))
     return {n: {b: round(statistics.median(v) * 1000, 1) for b, v in r.items()} for n, r in rounds.items()}
 
 
@@ -256,13 +279,13 @@ def main() -> None:
     ref_masks = [] if args.timing_only else [masks(reference, s, threshold) for s in scenes]
     print("  reference masks done", file=sys.stderr, flush=True)
     segs = segmenters(model_path, names, args.threads)
-    ready = {n: s for n, s in segs.items() if isinstance(s, TorchSegmenter)}
+    ready = {n: s for n, s in segs.items() if not isinstance(s, str)}
     tiles = model_inputs(scenes, reference, args.timing_tiles)
     times = timings(ready, tiles, args.repeats, args.threads)
     print(f"  timings (ms per tile): {times}", file=sys.stderr, flush=True)
     rows = []
     for name, seg in segs.items():
-        if not isinstance(seg, TorchSegmenter):
+        if isinstance(seg, str):
             rows.append({"runtime": name, "error": seg})
             continue
         row = {"runtime": name, "ms_per_tile_b1": times[name][1], "ms_per_tile_b4": times[name][4]}

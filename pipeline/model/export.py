@@ -11,25 +11,36 @@ unchanged one is never exported again. Each worker process builds its runtime on
 * a ``.sha256`` file written after it records its checksum; a file whose checksum is missing or
   differs (an export killed between the two, a damaged disk, a hand edit) is exported again;
 * processes that start together take a ``filelock.FileLock`` (``flock``) on a ``.lock`` file
-  beside it, so one exports while the others wait and then load its file.
+  beside it, so one exports while the others wait and then load its file;
+* the export itself runs in a child process (``python -m pipeline.model.export CHECKPOINT
+  TARGET``), so the worker that asked for it never imports torch: the exported runtimes' workers
+  stay torch-free (:mod:`pipeline.model.arrays`), the first run on a machine included.
 
-Only worker processes import this module (it imports torch; the client never does).
+Importing this module does not import torch; only :func:`export_onnx` (in the child) does.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
+import importlib.metadata
 import os
+import subprocess
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
 
+import pipeline
 from pipeline.core.digest import file_sha256
+from pipeline.core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Bump when the exported graph changes (e.g. what happens inside vs outside it).
 EXPORT_VERSION = 1
@@ -47,25 +58,26 @@ def cache_root() -> Path:
 
 def onnx_cache_path(*, checkpoint_sha256: str) -> Path:
     """Where the ONNX export of a checkpoint with this SHA-256 is cached."""
-    version = torch.__version__.split("+")[0]
+    version = importlib.metadata.version("torch").split("+")[0]
     name = f"{checkpoint_sha256[:20]}-v{EXPORT_VERSION}-torch{version}-opset{OPSET}.onnx"
     return cache_root() / "onnx" / name
 
 
-class PaddedForward(torch.nn.Module):
-    """The part of :class:`~pipeline.model.deeplab.DeepLabV3` that is exported: logits of a padded input."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.inner.forward_padded(x)  # type: ignore[operator]
-        return out
-
-
 def export_onnx(module: torch.nn.Module, target: Path, *, stride: int) -> None:
     """Export ``module.forward_padded`` with symbolic batch, height and width, atomically."""
+    import torch
+
+    class PaddedForward(torch.nn.Module):
+        """What is exported of :class:`~pipeline.model.deeplab.DeepLabV3`: logits of a padded input."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.inner.forward_padded(x)  # type: ignore[operator]
+            return out
+
     target.parent.mkdir(parents=True, exist_ok=True)
     wrapped = PaddedForward(module.float().eval()).eval()
     example = torch.zeros(1, 3, 32 * stride, 32 * stride)
@@ -87,19 +99,33 @@ def export_onnx(module: torch.nn.Module, target: Path, *, stride: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _write_text_atomic(_sum_path(target), digest + "\n")
-    EXPORTS.append(target)
 
 
-def cached_onnx(*, checkpoint_sha256: str, load_module: Callable[[], torch.nn.Module], stride: int) -> Path:
-    """The cached ONNX export of the checkpoint, exported first when it is missing or damaged."""
-    target = onnx_cache_path(checkpoint_sha256=checkpoint_sha256)
+def cached_onnx(checkpoint: str) -> Path:
+    """The cached ONNX export of the checkpoint at ``checkpoint``, exported first (in a child
+    process) when it is missing or damaged."""
+    target = onnx_cache_path(checkpoint_sha256=file_sha256(checkpoint))
     if is_intact(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.with_suffix(".lock")):
         if not is_intact(target):  # another process may have exported it while we waited
-            export_onnx(load_module(), target, stride=stride)
+            _export_in_child(checkpoint, target)
+            EXPORTS.append(target)
     return target
+
+
+def _export_in_child(checkpoint: str, target: Path) -> None:
+    """``python -m pipeline.model.export CHECKPOINT TARGET``, with this process's ``pipeline`` importable."""
+    root = str(Path(pipeline.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.model.export", checkpoint, str(target)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or not is_intact(target):
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CheckpointError(f"{checkpoint}: exporting it to ONNX failed ({last}); try model.runtime: torch")
 
 
 def is_intact(path: Path) -> bool:
@@ -119,3 +145,21 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{hashlib.sha1(text.encode()).hexdigest()[:8]}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child process of :func:`cached_onnx`: load the checkpoint with torch and export it."""
+    parser = argparse.ArgumentParser(
+        description="Export a footprints checkpoint to ONNX (used by the cache)."
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("target", type=Path)
+    args = parser.parse_args(argv)
+    from pipeline.model.checkpoint import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint).model
+    export_onnx(model, args.target, stride=int(model.spec.output_stride))
+
+
+if __name__ == "__main__":
+    main()

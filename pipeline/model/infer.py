@@ -22,10 +22,8 @@ from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError
 from pipeline.model.header import read_checkpoint_metadata, tensors_match_header
 
-if TYPE_CHECKING:  # torch is imported where a model runs, never by the client
+if TYPE_CHECKING:  # torch is imported where the torch runtime runs, never by the client
     import torch
-
-    from pipeline.model.runtimes import Forward
 
 
 class Segmenter(Protocol):
@@ -39,6 +37,36 @@ class Segmenter(Protocol):
     """
 
     def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]: ...
+
+
+class Forward(Protocol):
+    """Normalized ``(N, 3, H, W)`` float tensor -> logits ``(N, K, H, W)``, on the segmenter's device."""
+
+    output_stride: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TorchForward:
+    """PyTorch eager on the module's device, in channels-last memory format."""
+
+    module: torch.nn.Module
+    output_stride: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        out: torch.Tensor = self.module(x.contiguous(memory_format=torch.channels_last))
+        return out
+
+
+def torch_forward(module: torch.nn.Module, device: torch.device) -> TorchForward:
+    import torch
+
+    module = module.eval().to(device).to(memory_format=torch.channels_last)
+    stride = int(getattr(getattr(module, "spec", None), "output_stride", 1))
+    return TorchForward(module=module, output_stride=stride)
 
 
 class ModelSource(Protocol):
@@ -135,9 +163,9 @@ class TorchSegmenter:
 
     Pixels are scaled to [0, 1] and normalized with the checkpoint's mean and std,
     resampled to the model's GSD (bilinear, antialiased), and the per-class sigmoid
-    probabilities are resampled back to the input window. ``model`` is the forward pass
-    of the configured runtime (:mod:`pipeline.model.runtimes`: PyTorch, ONNX Runtime or
-    OpenVINO); everything else happens here, the same for all of them. On CUDA the
+    probabilities are resampled back to the input window. ``model`` is a PyTorch forward pass
+    (the ``torch`` runtime, training's validation); the exported runtimes run the same steps on
+    numpy arrays in :class:`pipeline.model.arrays.ArraySegmenter`, without torch. On CUDA the
     pixels go through pinned host memory and the forward pass runs under fp16 autocast.
 
     ``flips`` (0, 1 or 3) averages the probabilities over that many flipped copies as well
@@ -217,17 +245,30 @@ class CheckpointSource:
     runtime: str = "auto"
 
     def load(self) -> Segmenter:
+        from pipeline.model.runtimes import (
+            EXPORTED,
+            PIPELINE_ONLY,
+            device_type,
+            exported_segmenter,
+            resolve_runtime,
+        )
+
+        norm = read_checkpoint_metadata(self.path).get("normalization", {})
+        kind = device_type(self.device)
+        runtime = resolve_runtime(self.runtime, kind)
+        if kind == "cpu" and runtime in (*EXPORTED, PIPELINE_ONLY):  # no torch in this process
+            return exported_segmenter(
+                self.path, runtime=runtime, threads=self.threads, flips=self.flips, normalization=norm
+            )
         import torch
 
-        from pipeline.model.runtimes import checkpoint_forward, resolve_runtime
+        from pipeline.model.checkpoint import load_checkpoint
 
         if self.threads:
             torch.set_num_threads(self.threads)
         device = resolve_device(self.device)
-        runtime = resolve_runtime(self.runtime, device)
-        norm = read_checkpoint_metadata(self.path).get("normalization", {})
         return TorchSegmenter(
-            model=checkpoint_forward(self.path, runtime=runtime, device=device, threads=self.threads),
+            model=torch_forward(load_checkpoint(self.path).model, device),
             mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
             std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
             device=device,
@@ -281,29 +322,32 @@ class UntrainedSource:
     runtime: str = "torch"  # or the bench's pipeline-only stand-in; nothing to export without a checkpoint
 
     def load(self) -> Segmenter:
+        from pipeline.model.runtimes import PIPELINE_ONLY
+
+        if self.runtime == PIPELINE_ONLY:  # the stand-in needs no network, hence no torch
+            from pipeline.model.arrays import ArraySegmenter, CellBrightness
+
+            run = CellBrightness(classes=2, output_stride=self.output_stride)  # building, boundary
+            return ArraySegmenter(
+                run=run, output_stride=self.output_stride, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                flips=self.flips, runtime=PIPELINE_ONLY,
+            )  # fmt: skip
         import torch
 
         from pipeline.model.deeplab import ModelSpec, build_model
-        from pipeline.model.runtimes import PIPELINE_ONLY, TrivialForward, torch_forward
 
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)
         spec = ModelSpec(encoder=self.encoder, encoder_weights=None, output_stride=self.output_stride)
         device = resolve_device(self.device)
-        forward: Forward = (
-            TrivialForward(classes=spec.num_classes, output_stride=spec.output_stride)
-            if self.runtime == PIPELINE_ONLY
-            else torch_forward(build_model(spec), device)
-        )
         return TorchSegmenter(
-            model=forward,
+            model=torch_forward(build_model(spec), device),
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             device=device,
             threads=self.threads,
             flips=self.flips,
-            runtime=self.runtime if self.runtime == PIPELINE_ONLY else "torch",
         )
 
     def describe(self) -> dict[str, Any]:

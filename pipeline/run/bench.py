@@ -10,7 +10,7 @@ share the process layout, the threads, the grid and the batch size:
 * **end-to-end**: the whole job (``segment_scene``: plan, infer and stitch, split, vectorize,
   write, describe, publish) into a temporary OUTDIR.
 * **pipeline-only**: the same job with the network replaced by a trivial operator of its output
-  shape (:class:`pipeline.model.runtimes.TrivialForward`); everything else, the segmenter's
+  shape (:class:`pipeline.model.arrays.CellBrightness`); everything else, the segmenter's
   normalizing and resampling included, runs as in end-to-end. Its MP/s is the pipeline's ceiling,
   what a model that costs nothing (a fast GPU) would leave.
 
@@ -33,6 +33,7 @@ from typing import Any
 from pipeline.config import PipelineConfig
 from pipeline.io.read import RasterInfo, read_tile
 from pipeline.model.infer import ModelSource, cached_segmenter
+from pipeline.model.runtimes import PIPELINE_ONLY
 from pipeline.model.tiled import predict_by_shape
 from pipeline.run.cluster import connect
 from pipeline.run.dispatch import PLUGIN_NAME, ModelPlugin, workers_have_gpus
@@ -40,10 +41,6 @@ from pipeline.run.model_choice import ModelChoice, choose_model
 from pipeline.run.plan import ScenePlan, plan_for
 from pipeline.run.scene import segment_scene
 from pipeline.tiling.grid import Tile
-
-#: The stand-in for the network in pipeline-only runs (pipeline.model.runtimes.PIPELINE_ONLY; that
-#: module imports torch, which the client never does).
-PIPELINE_ONLY = "pipeline-only"
 
 
 def time_model(

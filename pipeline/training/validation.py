@@ -19,8 +19,7 @@ from numpy.typing import NDArray
 
 from pipeline.config import TilingConfig
 from pipeline.model.encoders import IMAGENET_LITE_MEAN, IMAGENET_LITE_STD
-from pipeline.model.infer import TorchSegmenter, output_stride
-from pipeline.model.runtimes import torch_forward
+from pipeline.model.infer import TorchSegmenter, output_stride, torch_forward
 from pipeline.model.tiled import predict_array
 from pipeline.tiling.grid import model_grid
 from pipeline.tiling.stitch import threshold_u8
