@@ -70,26 +70,61 @@ def bilinear_taps(
     return np.minimum(idx, in_size - 1), weights.astype(np.float32)
 
 
-def _resize_axis(x: NDArray[np.float32], size: int, axis: int, *, antialias: bool) -> NDArray[np.float32]:
+class Workspace:
+    """Arrays kept between calls, by role and shape, so that a tile's temporaries are not fresh
+    memory each time: the workers trim freed memory back to the system (``MALLOC_TRIM_THRESHOLD_``),
+    so a fresh multi-megabyte array is a fresh mapping whose every page faults on first touch,
+    which made the segmenter's own work about 80 ms per 597² tile slower (measured). What
+    :meth:`get` returns is overwritten by the next call with the same role and shape."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, tuple[int, ...]], NDArray[np.float32]] = {}
+
+    def get(self, role: str, shape: tuple[int, ...]) -> NDArray[np.float32]:
+        key = (role, shape)
+        array = self._arrays.get(key)
+        if array is None:
+            if len(self._arrays) > 32:  # the shapes of a scene's edge tiles come and go
+                self._arrays.clear()
+            array = self._arrays[key] = np.empty(shape, dtype=np.float32)
+        return array
+
+
+def _resize_axis(
+    x: NDArray[np.float32], size: int, axis: int, *, antialias: bool, work: Workspace | None, role: str
+) -> NDArray[np.float32]:
     axis %= x.ndim
     if x.shape[axis] == size and not antialias:
         return x
     idx, weights = bilinear_taps(x.shape[axis], size, antialias=antialias)
-    shape = [1] * x.ndim
-    shape[axis] = size
-    out = np.zeros((*x.shape[:axis], size, *x.shape[axis + 1 :]), dtype=np.float32)
-    for k in range(idx.shape[1]):
-        out += np.take(x, idx[:, k], axis=axis) * weights[:, k].reshape(shape)
+    wshape = [1] * x.ndim
+    wshape[axis] = size
+    shape = (*x.shape[:axis], size, *x.shape[axis + 1 :])
+    out = np.empty(shape, np.float32) if work is None else work.get(f"{role}-out{axis}", shape)
+    tmp = np.empty(shape, np.float32) if work is None else work.get(f"{role}-tmp{axis}", shape)
+    np.take(x, idx[:, 0], axis=axis, out=out)
+    out *= weights[:, 0].reshape(wshape)
+    for k in range(1, idx.shape[1]):
+        np.take(x, idx[:, k], axis=axis, out=tmp)
+        tmp *= weights[:, k].reshape(wshape)
+        out += tmp
     return out
 
 
 def resize_bilinear(
-    x: NDArray[np.float32], size: tuple[int, int], *, antialias: bool = False
+    x: NDArray[np.float32],
+    size: tuple[int, int],
+    *,
+    antialias: bool = False,
+    work: Workspace | None = None,
+    role: str = "resize",
 ) -> NDArray[np.float32]:
     """``(..., H, W)`` float32 resampled to ``size`` = ``(height, width)`` as torch's bilinear
-    ``interpolate`` does it (``align_corners=False``): width first, then height."""
+    ``interpolate`` does it (``align_corners=False``): width first, then height. With ``work``
+    the result is one of its arrays (``role`` tells the callers' resamplings apart)."""
     height, width = size
-    return _resize_axis(_resize_axis(x, width, -1, antialias=antialias), height, -2, antialias=antialias)
+    across = _resize_axis(x, width, -1, antialias=antialias, work=work, role=role)
+    return _resize_axis(across, height, -2, antialias=antialias, work=work, role=role)
 
 
 def pad_to_stride(x: NDArray[np.float32], stride: int) -> NDArray[np.float32]:
@@ -106,31 +141,48 @@ def pad_to_stride(x: NDArray[np.float32], stride: int) -> NDArray[np.float32]:
 
 
 def normalize(
-    pixels: NDArray[np.uint8], *, mean: Sequence[float], std: Sequence[float]
+    pixels: NDArray[np.uint8],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out: NDArray[np.float32] | None = None,
 ) -> NDArray[np.float32]:
-    """uint8 ``(N, 3, H, W)`` -> float32 scaled to [0, 1], minus ``mean``, over ``std`` (per band)."""
-    x = pixels.astype(np.float32) / np.float32(255.0)
-    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-    out: NDArray[np.float32] = (x - m) / s
-    return out
+    """uint8 ``(N, 3, H, W)`` -> float32 scaled to [0, 1], minus ``mean``, over ``std`` (per band),
+    in torch's order of operations; into ``out`` when given."""
+    x = np.empty(pixels.shape, np.float32) if out is None else out
+    np.copyto(x, pixels)
+    x /= np.float32(255.0)
+    x -= np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    x /= np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return x
 
 
-def sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    out: NDArray[np.float32] = (1.0 / (1.0 + np.exp(-x, dtype=np.float32))).astype(np.float32, copy=False)
-    return out
+def sigmoid(x: NDArray[np.float32], out: NDArray[np.float32] | None = None) -> NDArray[np.float32]:
+    """The logistic function, into ``out`` (a fresh array when not given)."""
+    y: NDArray[np.float32] = np.negative(x, out=out)
+    np.exp(y, out=y)
+    y += np.float32(1.0)
+    np.reciprocal(y, out=y)
+    return y
 
 
 def merge_separators(prob: NDArray[np.float32]) -> NDArray[np.float32]:
-    """``(N, K, H, W)`` -> ``(N, min(K, 2), H, W)``: building, then the max over the separator classes."""
+    """``(N, K, H, W)`` -> ``(N, min(K, 2), H, W)``: building, then the max over the separator
+    classes (written over channel 1 of ``prob``; the result is a view of it)."""
     if prob.shape[1] <= 2:
         return prob
-    return np.concatenate([prob[:, :1], prob[:, 1:].max(axis=1, keepdims=True)], axis=1)
+    np.max(prob[:, 1:], axis=1, out=prob[:, 1])
+    return prob[:, :2]
 
 
 def to_uint8_probability(prob: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """Probabilities in [0, 1] quantized to 0-255 with rounding."""
-    return np.ascontiguousarray(np.clip(prob * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8))
+    """Probabilities in [0, 1] quantized to 0-255 with rounding (``prob`` is scaled in place)."""
+    prob *= np.float32(255.0)
+    prob += np.float32(0.5)
+    np.clip(prob, 0, 255, out=prob)
+    out = np.empty(prob.shape, dtype=np.uint8)
+    np.copyto(out, prob, casting="unsafe")
+    return out
 
 
 @dataclass
@@ -149,41 +201,45 @@ class ArraySegmenter:
     runtime: str = "openvino"
     device: str = "cpu"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _work: Workspace = field(default_factory=Workspace, repr=False)
 
     def __post_init__(self) -> None:
         if self.flips not in FLIP_AXES:
             raise ConfigError(f"model.flips={self.flips}: use 0, 1 or 3 test-time flips")
 
-    def _forward(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _forward(self, x: NDArray[np.float32], role: str) -> NDArray[np.float32]:
+        """Sigmoid probabilities of ``x``, in the workspace's array for ``role``."""
         height, width = int(x.shape[-2]), int(x.shape[-1])
         padded = np.ascontiguousarray(pad_to_stride(x, self.output_stride), dtype=np.float32)
-        return sigmoid(self.run(padded)[..., :height, :width])
+        logits = self.run(padded)[..., :height, :width]
+        return sigmoid(logits, out=self._work.get(role, logits.shape))
 
     def probabilities(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Sigmoid probabilities of a normalized array at the model's GSD, averaged over the flips."""
+        """Sigmoid probabilities of a normalized array at the model's GSD, averaged over the
+        flips (one of the workspace's arrays)."""
         axes = FLIP_AXES[self.flips]
         if not axes:
-            return self._forward(x)
+            return self._forward(x, "prob")
         height, width = int(x.shape[-2]), int(x.shape[-1])
         x = pad_to_stride(x, self.output_stride)
-        prob = self._forward(x)
+        prob = self._forward(x, "prob")
         for a in axes:
-            prob = prob + np.flip(self._forward(np.flip(x, a)), a)
-        out: NDArray[np.float32] = (prob / np.float32(1 + len(axes)))[..., :height, :width]
-        return out
+            prob += np.flip(self._forward(np.flip(x, a), "flipped"), a)
+        prob /= np.float32(1 + len(axes))
+        return prob[..., :height, :width]
 
     def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]:
         from pipeline.model.infer import model_shape
 
         with self._lock:
-            x = normalize(pixels, mean=self.mean, std=self.std)
+            x = normalize(pixels, mean=self.mean, std=self.std, out=self._work.get("pixels", pixels.shape))
             size = (int(x.shape[-2]), int(x.shape[-1]))
             target = model_shape(size[0], size[1], scale)
             if target != size:
-                x = resize_bilinear(x, target, antialias=True)
+                x = resize_bilinear(x, target, antialias=True, work=self._work, role="in")
             prob = merge_separators(self.probabilities(x))
             if target != size:
-                prob = resize_bilinear(prob, size)
+                prob = resize_bilinear(prob, size, work=self._work, role="back")
             return to_uint8_probability(prob)
 
 
