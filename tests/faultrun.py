@@ -4,7 +4,9 @@
 
 FAULT is one of:
 
-- ``kill-after-batch:N``: SIGKILL this process once N batches were stitched;
+- ``kill-after-batch:N``: SIGKILL this process once N batches were stitched (and recorded: the
+  manifest is flushed after every batch here, not at most once a second, so what the resumed run
+  can reuse does not depend on how fast the first batches came);
 - ``kill-at-vectorize``: SIGKILL it when the vectorize stage starts;
 - ``kill-after-upload:N``: SIGKILL it once N of the five outputs were published;
 - ``kill-worker:N,M``: SIGKILL the Dask worker that ran batch N, later the one that ran batch M;
@@ -28,6 +30,7 @@ from typing import Any
 import pipeline.run.feeder
 import pipeline.run.job
 import pipeline.run.outdir
+import pipeline.run.restart
 
 
 def _after_batches(action: Any) -> None:
@@ -52,6 +55,7 @@ def _kill_self() -> None:
 def install(fault: str) -> None:
     kind, _, arg = fault.partition(":")
     if kind == "kill-after-batch":
+        pipeline.run.restart.FLUSH_SECONDS = 0.0
         _after_batches(lambda n, _: _kill_self() if n == int(arg) else None)
     elif kind == "kill-at-vectorize":
         pipeline.run.job.STAGES = tuple(

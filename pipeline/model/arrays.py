@@ -30,6 +30,24 @@ from pipeline.core.errors import ConfigError
 #: A forward pass on arrays: normalized, stride-padded ``(N, 3, H, W)`` float32 -> logits ``(N, K, H, W)``.
 Run = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
+#: Resampling is skipped when input and model GSD agree within this relative tolerance.
+SCALE_TOLERANCE = 0.05
+
+
+def model_scale(input_gsd_m: float, model_gsd_m: float | None) -> float:
+    """Input GSD / model GSD, the factor a tile is resampled by: 1.0 for a model without a
+    GSD, and within :data:`SCALE_TOLERANCE` of 1 (where resampling is skipped)."""
+    scale = 1.0 if model_gsd_m is None else input_gsd_m / model_gsd_m
+    return 1.0 if abs(scale - 1.0) <= SCALE_TOLERANCE else scale
+
+
+def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
+    if abs(scale - 1.0) <= SCALE_TOLERANCE:
+        return (height, width)
+    return (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
 #: Test-time flips by count (``model.flips``), as array axes: none, left-right, or all three.
 FLIP_AXES: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
 
@@ -229,8 +247,6 @@ class ArraySegmenter:
         return prob[..., :height, :width]
 
     def predict(self, pixels: NDArray[np.uint8], *, scale: float = 1.0) -> NDArray[np.uint8]:
-        from pipeline.model.infer import model_shape
-
         with self._lock:
             x = normalize(pixels, mean=self.mean, std=self.std, out=self._work.get("pixels", pixels.shape))
             size = (int(x.shape[-2]), int(x.shape[-1]))

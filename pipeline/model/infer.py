@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError
+from pipeline.model.arrays import model_shape
 from pipeline.model.header import read_checkpoint_metadata, tensors_match_header
 
 if TYPE_CHECKING:  # torch is imported where the torch runtime runs, never by the client
@@ -93,25 +94,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-#: Resampling is skipped when input and model GSD agree within this relative tolerance.
-SCALE_TOLERANCE = 0.05
-
 #: Test-time flips by count (``model.flips``): none, left-right, or left-right, up-down and both.
 FLIP_DIMS: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
-
-
-def model_scale(input_gsd_m: float, model_gsd_m: float | None) -> float:
-    """Input GSD / model GSD, the factor a tile is resampled by: 1.0 for a model without a
-    GSD, and within :data:`SCALE_TOLERANCE` of 1 (where resampling is skipped)."""
-    scale = 1.0 if model_gsd_m is None else input_gsd_m / model_gsd_m
-    return 1.0 if abs(scale - 1.0) <= SCALE_TOLERANCE else scale
-
-
-def model_shape(height: int, width: int, scale: float) -> tuple[int, int]:
-    """Pixel shape of a ``(height, width)`` input window at the model's GSD."""
-    if abs(scale - 1.0) <= SCALE_TOLERANCE:
-        return (height, width)
-    return (max(1, round(height * scale)), max(1, round(width * scale)))
 
 
 def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.config import PipelineConfig
 from pipeline.io.read import RasterInfo, open_raster
 from pipeline.io.storage import gdal_path
-from pipeline.model.infer import model_scale
+from pipeline.model.arrays import model_scale
 from pipeline.run.model_choice import ModelChoice
 from pipeline.run.target import scene_id
 from pipeline.tiling.grid import TileGrid, model_grid
