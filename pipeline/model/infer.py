@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from pipeline.core.digest import file_sha256
 from pipeline.core.errors import CheckpointError, ConfigError
-from pipeline.model.arrays import model_shape
+from pipeline.model.arrays import FLIP_AXES, model_shape
 from pipeline.model.header import read_checkpoint_metadata, tensors_match_header
 
 if TYPE_CHECKING:  # torch is imported where the torch runtime runs, never by the client
@@ -94,8 +94,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-#: Test-time flips by count (``model.flips``): none, left-right, or left-right, up-down and both.
-FLIP_DIMS: dict[int, tuple[tuple[int, ...], ...]] = {0: (), 1: ((-1,),), 3: ((-1,), (-2,), (-1, -2))}
+#: Test-time flips by count (``model.flips``): the axes flipped, shared with the array segmenter.
+FLIP_DIMS = FLIP_AXES
 
 
 def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:
@@ -237,12 +237,13 @@ class CheckpointSource:
             resolve_runtime,
         )
 
-        norm = read_checkpoint_metadata(self.path).get("normalization", {})
+        meta = read_checkpoint_metadata(self.path)
+        norm = meta.get("normalization", {})
         kind = device_type(self.device)
         runtime = resolve_runtime(self.runtime, kind)
         if kind == "cpu" and runtime in (*EXPORTED, PIPELINE_ONLY):  # no torch in this process
             return exported_segmenter(
-                self.path, runtime=runtime, threads=self.threads, flips=self.flips, normalization=norm
+                self.path, meta, runtime=runtime, threads=self.threads, flips=self.flips
             )
         import torch
 

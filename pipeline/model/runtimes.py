@@ -130,15 +130,14 @@ def exported_run(runtime: str, *, path: str, threads: int | None) -> Run:
 
 
 def exported_segmenter(
-    path: str, *, runtime: str, threads: int | None, flips: int, normalization: dict[str, Any]
+    path: str, meta: dict[str, Any], *, runtime: str, threads: int | None, flips: int
 ) -> ArraySegmenter:
     """The checkpoint at ``path`` as an :class:`ArraySegmenter` in ``runtime`` (one of :data:`EXPORTED`,
     or :data:`PIPELINE_ONLY`): the ONNX export cached once per checkpoint and machine
     (:func:`pipeline.model.export.cached_onnx`), no torch in this process."""
     from pipeline.model.export import cached_onnx
-    from pipeline.model.header import read_checkpoint_metadata
 
-    meta = read_checkpoint_metadata(path)  # its header was checked on the client (describe)
+    # ``meta``: the checkpoint's header, read once by the caller and checked on the client (describe)
     stride, classes = int(meta.get("output_stride", 16)), len(meta.get("classes", ["building"]))
     run: Run
     if runtime == PIPELINE_ONLY:
@@ -147,6 +146,6 @@ def exported_segmenter(
         run = exported_run(runtime, path=str(cached_onnx(path)), threads=threads)
     return ArraySegmenter(
         run=run, output_stride=stride, flips=flips, runtime=runtime,
-        mean=tuple(normalization.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(normalization.get("std", (0.5, 0.5, 0.5))),
+        mean=tuple(meta.get("normalization", {}).get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(meta.get("normalization", {}).get("std", (0.5, 0.5, 0.5))),
     )  # fmt: skip
