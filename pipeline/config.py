@@ -95,7 +95,11 @@ class VectorizeConfig(_Section):
         0.8, ge=0.0, le=1.0, description="Drop buildings whose mean probability is below this."
     )
     simplify_m: float = Field(0.3, ge=0.0, description="Simplification tolerance in metres.")
-    block_size: int = Field(1024, ge=16, description="Rows per block of the block-wise vectorizer.")
+    block_size: int = Field(
+        1024,
+        ge=16,
+        description="Rows per block of the block-wise vectorizer (fewer beyond 8192 px of width).",
+    )
     fill_holes_m2: float = Field(1.0, ge=0.0, description="Fill holes smaller than this (m²); 0 keeps all.")
     regularize: bool = Field(True, description="Square walls around each building's orientation.")
     angle_tolerance_deg: float = Field(

@@ -38,7 +38,9 @@ GRID = {
     "boundary": [0.2, 0.3, 0.4, 0.5],
     "grow_m": [2.0, 4.0, 6.0],
     "confidence": [0.0, 0.7, 0.8],
+    "min_seed_m2": [1.0],
 }
+SPLIT_AXES = ("threshold", "seed", "boundary", "grow_m", "min_seed_m2")
 
 
 def confident(regions: np.ndarray, building: np.ndarray, minimum: float) -> np.ndarray:
@@ -64,48 +66,66 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", default="configs/dataset.yaml")
     ap.add_argument("--min-area", type=float, default=8.0)
+    ap.add_argument(
+        "--grid", action="append", default=[], metavar="NAME=V1,V2",
+        help=f"replace one axis of the grid (axes: {', '.join(GRID)})",
+    )  # fmt: skip
     args = ap.parse_args()
+    grid = dict(GRID)
+    for item in args.grid:
+        name, _, values = item.partition("=")
+        if name not in grid or not values:
+            ap.error(f"--grid {item!r}: expected NAME=V1,V2 with NAME one of {', '.join(grid)}")
+        grid[name] = [float(v) for v in values.split(",")]
     model_gsd = float(read_checkpoint_metadata(args.model)["gsd_m"])
     seg = CheckpointSource(args.model).load()
     scenes = []
     for scene in load_dataset(args.data, splits=("val",)).scenes:
-        grid = scene_grid(scene)
-        transform = grid.transform
+        sgrid = scene_grid(scene)
+        transform = sgrid.transform
         prob = seg.predict(scene.image.transpose(2, 0, 1)[None], scale=scene.gsd_m / model_gsd)[0]
         valid = scene.label != IGNORE
         truth = (scene.label == 1).astype(np.uint8)
-        frame = MetricFrame.for_scene(grid.crs, grid.bounds)
+        frame = MetricFrame.for_scene(sgrid.crs, sgrid.bounds)
         tpolys = reference_polygons(truth, transform=transform).geometry
         scenes.append((scene, prob, valid, truth, transform, frame, tpolys))
     rows = []
-    for thr, seed, bnd, grow, conf in itertools.product(*GRID.values()):
-        per_source: dict[str, list[int]] = {}
+    axes = [name for name in grid if name != "confidence"]  # the split runs once per combination
+    for combo in itertools.product(*(grid[name] for name in axes)):
+        thr, seed, bnd, grow, min_seed = (dict(zip(axes, combo, strict=True))[k] for k in SPLIT_AXES)
+        per_conf: dict[float, dict[str, list[int]]] = {c: {} for c in grid["confidence"]}
         for scene, prob, valid, truth, transform, frame, tpolys in scenes:
             mask = (prob[0] >= round(thr * 255)) & valid
             regions = split_array(
                 building=prob[0], boundary=prob[1], mask=mask, seed_threshold=max(seed, thr),
-                boundary_threshold=bnd, min_seed_px=max(1, math.ceil(1.0 / scene.gsd_m**2)),
+                boundary_threshold=bnd, min_seed_px=max(1, math.ceil(min_seed / scene.gsd_m**2)),
                 grow_px=math.ceil(grow / scene.gsd_m),
             )  # fmt: skip
-            regions = confident(regions, prob[0], conf)
-            polys = reference_polygons(regions, transform=transform).geometry
-            om = object_metrics(polys, tpolys, min_area_m2=args.min_area, frame=frame)
             t = truth.astype(bool) & valid
-            counts = per_source.setdefault(scene.source, [0] * 6)
-            for i, v in enumerate(
-                (om["tp"], om["fp"], om["fn"], (mask & t).sum(), (mask & ~t).sum(), (~mask & t).sum())
-            ):
-                counts[i] += int(v)
-        f1, iou = macro(per_source)
-        tp, fp, fn = (sum(c[i] for c in per_source.values()) for i in range(3))
-        rows.append((f1, iou, thr, seed, bnd, grow, conf, tp, fp, fn))
+            pixels = ((mask & t).sum(), (mask & ~t).sum(), (~mask & t).sum())
+            for conf, per_source in per_conf.items():
+                kept = confident(regions, prob[0], conf)
+                polys = reference_polygons(kept, transform=transform).geometry
+                om = object_metrics(polys, tpolys, min_area_m2=args.min_area, frame=frame)
+                counts = per_source.setdefault(scene.source, [0] * 6)
+                for i, v in enumerate((om["tp"], om["fp"], om["fn"], *pixels)):
+                    counts[i] += int(v)
+        for conf, per_source in per_conf.items():
+            f1, iou = macro(per_source)
+            tp, fp, fn = (sum(c[i] for c in per_source.values()) for i in range(3))
+            rows.append((f1, iou, thr, seed, bnd, grow, conf, min_seed, tp, fp, fn))
+            print(f"{len(rows)}: F1 {f1:.4f} IoU {iou:.4f} {rows[-1][2:]}", file=sys.stderr, flush=True)
     rows.sort(reverse=True)
     print(
-        "| macro obj F1 | macro px IoU | threshold | seed | boundary | grow (m) | confidence | TP | FP | FN |"
+        "| macro obj F1 | macro px IoU | threshold | seed | boundary | grow (m) | confidence"
+        " | min seed (m²) | TP | FP | FN |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for f1, iou, thr, seed, bnd, grow, conf, tp, fp, fn in rows[:15]:
-        print(f"| {f1:.3f} | {iou:.3f} | {thr} | {seed} | {bnd} | {grow} | {conf} | {tp} | {fp} | {fn} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for f1, iou, thr, seed, bnd, grow, conf, min_seed, tp, fp, fn in rows[:15]:
+        print(
+            f"| {f1:.3f} | {iou:.3f} | {thr} | {seed} | {bnd} | {grow} | {conf} | {min_seed}"
+            f" | {tp} | {fp} | {fn} |"
+        )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.core.errors import FootprintsError, OutputError, chain, os_reason
 
-#: Bytes a run writes per input pixel and model channel at its peak: the deflated scratch
+#: Bytes a run writes per input pixel and model channel at its peak: the compressed scratch
 #: rasters and their COGs, plus the tile cache with its overlap. The demo scene (1 MP, two
 #: channels) peaked at 2.1 MB, 0.7 MB of it the cache: about 0.7 + 0.35 B/px per channel;
 #: these allow 1.7 times that, for busier imagery.

@@ -1,6 +1,6 @@
 """Write outputs: streamed Cloud-Optimized GeoTIFFs and vector files, all atomically.
 
-Rasters are streamed row band by row band into tiled, deflate-compressed scratch
+Rasters are streamed row band by row band into tiled, ZSTD-compressed scratch
 GeoTIFFs, then GDAL's COG driver builds the overviews block by block and lays the
 file out as a COG. Vector files are written by pyogrio. Every file is first written
 under a temporary name in the destination folder and renamed into place, so an
@@ -31,6 +31,10 @@ from pipeline.io.gdal_env import STREAM_CACHE_MB
 from pipeline.tiling.stitch import MASK_NODATA
 
 BLOCK = 512
+#: Codec of the scratch rasters, which live only until their COG (or the vectorizer) has read
+#: them: ZSTD level 1 writes a third of deflate's CPU time for about 7 % more bytes; the
+#: published COGs stay deflate.
+SCRATCH_COMPRESSION: dict[str, Any] = {"compress": "zstd", "zstd_level": 1}
 GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": STREAM_CACHE_MB, "GDAL_NUM_THREADS": "2"}
 
 
@@ -121,7 +125,7 @@ class CogSink:
             "tiled": True,
             "blockxsize": BLOCK,
             "blockysize": BLOCK,
-            "compress": "deflate",
+            **SCRATCH_COMPRESSION,
             "nodata": nodata,
             "BIGTIFF": "IF_SAFER",
             # GDAL 3.10's threaded compression of a multi-band file with an internal mask races

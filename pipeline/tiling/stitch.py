@@ -38,8 +38,18 @@ class RowSink(Protocol):
 #: A tile's uint8 probabilities and its validity, waiting for its turn to be blended.
 _Prediction = tuple[NDArray[np.uint8], NDArray[np.bool_]]
 
-#: Rows handed to the sinks at a time: bounds the transient arrays of a flush.
+#: Rows handed to the sinks at a time: bounds the transient arrays of a flush ...
 FLUSH_ROWS = 128
+#: ... and pixels: a raster wider than 4096 px is handed over in fewer rows at a time
+#: (at least 8), so those arrays do not grow with the width.
+FLUSH_PIXELS = FLUSH_ROWS * 4096
+
+
+def flush_rows(width: int) -> int:
+    """Rows per hand-over to the sinks for a raster ``width`` pixels wide."""
+    return min(FLUSH_ROWS, max(8, FLUSH_PIXELS // max(width, 1)))
+
+
 #: ``mask.tif``'s value where the input has no data (elsewhere 1 building, 0 background).
 MASK_NODATA = 255
 
@@ -99,8 +109,9 @@ class Stitcher:
     the float sums, and the output bytes, do not depend on which worker finished first.
     A tile that arrives early waits in ``_pending`` (its uint8 prediction only) until
     every tile before it has arrived; dispatch's backpressure bounds how many wait.
-    ``peak_rows`` records the tallest the accumulator ever grew, to prove the memory
-    bound in tests.
+    The accumulator is allocated once, as tall as the tallest tile row, and reused: finished
+    rows are shifted out in place, so it is never copied whole and never held twice.
+    ``peak_rows`` records the tallest it ever grew, to prove the memory bound in tests.
     """
 
     grid: TileGrid
@@ -112,6 +123,7 @@ class Stitcher:
     _wsum: NDArray[np.float32] = field(init=False, repr=False)
     _valid: NDArray[np.bool_] = field(init=False, repr=False)
     _next_index: int = 0
+    _rows: int = 0  # rows of the accumulator in use, from ``_start``; those below are all zero
     peak_rows: int = 0
 
     def __post_init__(self) -> None:
@@ -124,15 +136,19 @@ class Stitcher:
         self._pending: dict[int, tuple[Tile, _Prediction | None]] = {}
 
     def _ensure_rows(self, row_end: int) -> None:
-        have = self._start + self._wsum.shape[0]
-        if row_end <= have:
+        need = row_end - self._start
+        if need <= self._rows:
             return
-        extra = row_end - have
-        w = self.grid.width
-        self._acc = np.concatenate([self._acc, np.zeros((self.channels, extra, w), np.float32)], axis=1)
-        self._wsum = np.concatenate([self._wsum, np.zeros((extra, w), np.float32)])
-        self._valid = np.concatenate([self._valid, np.zeros((extra, w), np.bool_)])
-        self.peak_rows = max(self.peak_rows, self._wsum.shape[0])
+        if need > self._wsum.shape[0]:  # a taller tile row than any before: reallocate once
+            acc = np.zeros((self.channels, need, self.grid.width), np.float32)
+            wsum = np.zeros((need, self.grid.width), np.float32)
+            valid = np.zeros((need, self.grid.width), np.bool_)
+            acc[:, : self._rows] = self._acc[:, : self._rows]
+            wsum[: self._rows] = self._wsum[: self._rows]
+            valid[: self._rows] = self._valid[: self._rows]
+            self._acc, self._wsum, self._valid = acc, wsum, valid
+        self._rows = need
+        self.peak_rows = max(self.peak_rows, need)
 
     def add(self, tile: Tile, probability: NDArray[np.uint8], valid: NDArray[np.bool_]) -> None:
         """Blend one tile's uint8 probabilities ``(K, h, w)`` (or ``(h, w)``), in grid order."""
@@ -186,10 +202,14 @@ class Stitcher:
         if n <= 0:
             return
         self._ensure_rows(limit)
-        for r0 in range(0, n, FLUSH_ROWS):
-            self._emit(r0, min(n, r0 + FLUSH_ROWS))
-        self._acc = self._acc[:, n:].copy()
-        self._wsum, self._valid = self._wsum[n:].copy(), self._valid[n:].copy()
+        step = flush_rows(self.grid.width)
+        for r0 in range(0, n, step):
+            self._emit(r0, min(n, r0 + step))
+        keep = self._rows - n  # shift the unfinished rows up, then zero what they left
+        for buf in (self._wsum, self._valid, *self._acc):
+            buf[:keep] = buf[n : self._rows]
+            buf[keep : self._rows] = 0
+        self._rows = keep
         self._start = limit
 
     def _emit(self, r0: int, r1: int) -> None:

@@ -184,6 +184,22 @@ def background(block: NDArray[Any], invalid: NDArray[np.bool_] | None) -> NDArra
     return block
 
 
+#: Width (px) up to which a band is ``block_size`` rows tall; a wider raster gets bands of at
+#: most ``block_size x BAND_WIDTH_PX`` pixels, so a band's memory does not grow with the width.
+BAND_WIDTH_PX = 8192
+#: ... but never fewer rows than this (or than ``block_size``): each seam costs a merge.
+MIN_BAND_ROWS = 128
+
+
+def band_rows(block_size: int, width: int) -> int:
+    """Rows per band for a raster ``width`` pixels wide: ``block_size`` up to
+    :data:`BAND_WIDTH_PX`, then fewer in proportion (whole multiples of 128)."""
+    if width <= BAND_WIDTH_PX:
+        return block_size
+    rows = block_size * BAND_WIDTH_PX // width // MIN_BAND_ROWS * MIN_BAND_ROWS
+    return min(block_size, max(MIN_BAND_ROWS, rows))
+
+
 def check_block_size(block_size: int) -> None:
     """Refuse a band of no rows."""
     if block_size < 1:

@@ -46,7 +46,8 @@ are identical, in the same order.
 Memory is one band (values, int32 labels, statistics) plus the pieces of components that
 cross the open seam, plus the finished polygons returned; with workers, each worker holds
 the band it is polygonizing, and this process the pieces of up to ``max_in_flight`` bands.
-A band is ``block_size x width`` pixels: choose ``block_size`` for the raster's width.
+A band is ``block_size x width`` pixels up to a width of 8192; wider rasters get
+proportionally fewer rows per band (:func:`~pipeline.vectorize.pieces.band_rows`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from pipeline.vectorize.pieces import (
     Geoms,
     background,
     band_pieces,
+    band_rows,
     check_block_size,
     first_pixels,
     gdal_polygons,
@@ -265,6 +267,7 @@ def polygonize_blocks(
     check_block_size(block_size)
     with open_values(values_path, band=band) as ds:
         grid = RasterGrid.of(ds)
+    block_size = band_rows(block_size, grid.width)
     pieces: Iterable[BandPieces]
     if client is None:
         bands = iter_raster_bands(values_path, block_size=block_size, stats_path=stats_path, band=band)

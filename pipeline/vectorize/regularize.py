@@ -33,6 +33,7 @@ loops, once per polygon.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import shapely
@@ -41,7 +42,7 @@ from numpy.typing import NDArray
 from pipeline.vectorize.measure import as_geoms, orientation, polygon_iou
 from pipeline.vectorize.overlaps import POLYGON, polygonal_part
 from pipeline.vectorize.priors import Priors, circular_mean, moment_rectangles, shared_orientations
-from pipeline.vectorize.rings import box_centres, next_in_ring, open_rings, turn
+from pipeline.vectorize.rings import CHUNK, box_centres, in_chunks, next_in_ring, open_rings, turn
 from pipeline.vectorize.squaring import D, Group, H, Point, V, snap_ring
 
 Geoms = NDArray[np.object_]
@@ -313,6 +314,12 @@ def regularize(
     geoms = as_geoms(geoms)
     if geoms.size == 0:
         return geoms
+    if priors.group_m <= 0 and geoms.size > CHUNK:  # each building on its own: bounded passes
+        one = partial(
+            regularize, angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m,
+            simplify_m=simplify_m, max_area_change=max_area_change, priors=priors,
+        )  # fmt: skip
+        return in_chunks(one, geoms, CHUNK)
     simple = _dp(geoms, simplify_m)
     cand = np.flatnonzero(
         (shapely.get_type_id(geoms) == POLYGON)

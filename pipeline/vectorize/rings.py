@@ -23,7 +23,7 @@ coordinate identical. All steps are whole-array numpy / shapely 2 operations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import shapely
@@ -33,6 +33,21 @@ Geoms = NDArray[np.object_]
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 Mask = NDArray[np.bool_]
+
+#: Polygons per vectorized pass of the per-building steps (:func:`in_chunks`): their vertex
+#: tables are a few hundred bytes per vertex, so a scene's worth at once grows with its area.
+CHUNK = 2048
+
+
+def in_chunks(step: Callable[[Geoms], Geoms], geoms: Geoms, size: int = CHUNK) -> Geoms:
+    """``step`` over ``geoms`` ``size`` polygons at a time, concatenated: the same result for a
+    ``step`` that treats each polygon on its own, in bounded memory."""
+    if geoms.shape[0] <= size:
+        return step(geoms)
+    parts = [step(geoms[i : i + size]) for i in range(0, geoms.shape[0], size)]
+    out = np.empty(geoms.shape[0], dtype=object)
+    out[:] = np.concatenate(parts)
+    return out
 
 
 def _neighbours(ring: I64) -> tuple[I64, I64]:
@@ -132,5 +147,5 @@ def _rebuild(out: Geoms, poly: I64, changed: Mask, owner: I64, xy: F64, ring: I6
 def canonical_rings(geoms: Geoms | Sequence[object]) -> Geoms:
     """Polygons in canonical form: no redundant vertices, exterior CCW and holes CW, each ring
     starting at its smallest (x, y) vertex, holes sorted (see the module docstring)."""
-    cleaned = drop_redundant_vertices(geoms)
+    cleaned = in_chunks(drop_redundant_vertices, np.asarray(geoms, dtype=object).reshape(-1), CHUNK)
     return np.asarray(shapely.reverse(shapely.normalize(cleaned)), dtype=object)

@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.raster import RasterGrid
+from pipeline.io.write import BLOCK, SCRATCH_COMPRESSION
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
@@ -59,19 +60,29 @@ def cores(
 
 
 def grow(labels: NDArray[np.uint32], mask: NDArray[np.bool_], steps: int) -> NDArray[np.uint32]:
-    """Geodesic 4-connected dilation of ``labels`` inside ``mask``, ``steps`` times."""
-    lab = labels.copy()
+    """Geodesic 4-connected dilation of ``labels`` inside ``mask``, ``steps`` times.
+
+    Each step gives every unlabelled mask pixel the largest label among its four neighbours
+    (as they were before the step). Only those pixels are visited: they are a small share of
+    the band, so a step costs their count, not the band's area.
+    """
+    height, width = labels.shape
+    stride = width + 2  # a zero frame: neighbours outside the array are background
+    framed = np.zeros((height + 2, stride), labels.dtype)
+    framed[1:-1, 1:-1] = labels
+    flat = framed.ravel()
+    rows, cols = np.nonzero(mask & (labels == 0))
+    todo = (rows + 1) * stride + cols + 1
     for _ in range(steps):
-        cand = np.zeros_like(lab)
-        np.maximum(cand[1:], lab[:-1], out=cand[1:])
-        np.maximum(cand[:-1], lab[1:], out=cand[:-1])
-        np.maximum(cand[:, 1:], lab[:, :-1], out=cand[:, 1:])
-        np.maximum(cand[:, :-1], lab[:, 1:], out=cand[:, :-1])
-        fill = (lab == 0) & mask & (cand > 0)
-        if not fill.any():
+        best = np.maximum(flat[todo - 1], flat[todo + 1])
+        np.maximum(best, flat[todo - stride], out=best)
+        np.maximum(best, flat[todo + stride], out=best)
+        reached = best > 0
+        if not reached.any():
             break
-        lab[fill] = cand[fill]
-    return lab
+        flat[todo[reached]] = best[reached]
+        todo = todo[~reached]
+    return framed[1:-1, 1:-1].copy()
 
 
 def finish_regions(grown: NDArray[np.uint32], mask: NDArray[np.bool_]) -> NDArray[np.uint32]:
@@ -155,8 +166,8 @@ class UnionFind:
 def _scratch(path: Path, grid: RasterGrid) -> Any:
     return rasterio.open(
         path, "w", driver="GTiff", dtype="uint32", count=1, height=grid.height, width=grid.width,
-        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512, blockysize=512,
-        compress="deflate", nodata=0, BIGTIFF="IF_SAFER",
+        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+        nodata=0, BIGTIFF="IF_SAFER", **SCRATCH_COMPRESSION,
     )  # fmt: skip
 
 
@@ -214,8 +225,15 @@ class SeedSink:
         if not self._ds.closed:
             self._ds.close()
 
-    def finish(self, *, mask_path: Path, min_seed_px: int, grow_px: int, band_rows: int = 256) -> Path:
-        """Resolve the seeds, grow them inside the mask and write the region raster."""
+    def finish(
+        self, *, mask_path: Path, min_seed_px: int, grow_px: int, band_rows: int = 512, band_cols: int = 2048
+    ) -> Path:
+        """Resolve the seeds, grow them inside the mask and write the region raster.
+
+        The rasters are read in windows of ``band_rows`` x ``band_cols`` (whole blocks of
+        the scratch rasters) with a halo of ``grow_px`` on every side, so memory does not
+        grow with the scene's width.
+        """
         self.close()
         lut = self.uf.final_labels(min_seed_px)
         height, width = self.grid.shape
@@ -226,12 +244,18 @@ class SeedSink:
         ):
             for r0 in range(0, height, band_rows):
                 r1 = min(height, r0 + band_rows)
-                h0, h1 = max(0, r0 - grow_px), min(height, r1 + grow_px)
-                window = Window(0, h0, width, h1 - h0)
-                mask = mask_ds.read(1, window=window) == 1
-                grown = grow(lut[seeds.read(1, window=window)], mask, grow_px)
-                regions = finish_regions(grown, mask)[r0 - h0 : r1 - h0]
-                out.write(regions, 1, window=Window(0, r0, width, r1 - r0))
+                for c0 in range(0, width, band_cols):
+                    c1 = min(width, c0 + band_cols)
+                    halo = Window.from_slices(
+                        (max(0, r0 - grow_px), min(height, r1 + grow_px)),
+                        (max(0, c0 - grow_px), min(width, c1 + grow_px)),
+                    )
+                    mask = mask_ds.read(1, window=halo) == 1
+                    grown = grow(lut[seeds.read(1, window=halo)], mask, grow_px)
+                    rows = slice(r0 - int(halo.row_off), r1 - int(halo.row_off))
+                    cols = slice(c0 - int(halo.col_off), c1 - int(halo.col_off))
+                    regions = finish_regions(grown[rows, cols], mask[rows, cols])
+                    out.write(regions, 1, window=Window(c0, r0, c1 - c0, r1 - r0))
         self.seeds_path.unlink()
         return self.regions_path
 

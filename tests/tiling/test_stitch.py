@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from pipeline.io.read import open_raster
 from pipeline.run.dispatch import predict_batch
 from pipeline.tiling.grid import TileGrid
-from pipeline.tiling.stitch import Stitcher
+from pipeline.tiling.stitch import Stitcher, flush_rows
 from tests.conftest import coordinate_image
 from tests.operators import Box3x3Source, box3x3
 
@@ -103,6 +103,19 @@ def test_out_of_order_tiles_give_the_same_result(make_tif: Any) -> None:
     a, _ = stitch_file(path, tile=128, overlap=32)
     b, _ = stitch_file(path, tile=128, overlap=32, order="shuffled")
     np.testing.assert_array_equal(a.probability, b.probability)
+
+
+def test_wide_rasters_reach_the_sinks_in_fewer_rows() -> None:
+    assert flush_rows(300) == flush_rows(4096) == 128
+    assert flush_rows(8192) == 64 and flush_rows(16384) == 32  # the same pixels per hand-over
+    assert flush_rows(10**6) == 8
+
+
+def test_a_wide_raster_is_stitched_exactly_in_short_hand_overs(make_tif: Any) -> None:
+    image = coordinate_image(300, 9000)
+    sink, _ = stitch_file(make_tif(image), tile=256, overlap=32)
+    np.testing.assert_array_equal(sink.probability, box3x3(image))
+    assert max(h for _, h in sink.writes) == flush_rows(9000) == 58
 
 
 def test_memory_is_a_few_rows_of_tiles(make_tif: Any) -> None:

@@ -32,6 +32,7 @@ from pipeline.core.errors import (
     NotARasterError,
     RasterReadError,
 )
+from pipeline.vectorize.pieces import band_rows
 from pipeline.vectorize.polygonize import (
     Regions,
     polygonize_array,
@@ -387,3 +388,19 @@ def test_20k_mask_in_bounded_memory(tmp_path: Path) -> None:
     np.testing.assert_allclose(got["area"], pixels * 0.09, rtol=1e-9)
     assert (got["pieces"] > 1).sum() > 1000  # many buildings crossed band edges
     assert (got["pieces"] >= 3).sum() >= 40  # the towers span 3+ bands
+
+
+def test_band_rows_shrink_with_the_width_beyond_8192() -> None:
+    assert band_rows(1024, 640) == band_rows(1024, 8192) == 1024
+    assert band_rows(1024, 16384) == 512  # the same pixels per band as 1024 rows at 8192
+    assert band_rows(1024, 12000) == 640  # 699 rounded down to whole 128-row steps
+    assert band_rows(1024, 50_000) == 128  # never under 128 rows ...
+    assert band_rows(16, 9000) == 16  # ... nor over block_size
+
+
+def test_wide_raster_blockwise_equals_whole(tmp_path: Path) -> None:
+    labels = label_raster(width=9000)
+    path = write_tif(tmp_path / "wide.tif", labels)
+    got = polygonize_blocks(str(path), block_size=384)  # 256-row bands at this width: two
+    assert_same_regions(got, reference_polygons(labels, transform=ORIGIN))
+    assert (got.pieces > 1).sum() >= 300  # the rectangles cut by the seam at row 256
