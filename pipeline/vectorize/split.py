@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.raster import RasterGrid
-from pipeline.io.write import BLOCK, SCRATCH_COMPRESSION
+from pipeline.io.gdal_env import SCRATCH_COMPRESSION
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
@@ -166,7 +166,7 @@ class UnionFind:
 def _scratch(path: Path, grid: RasterGrid) -> Any:
     return rasterio.open(
         path, "w", driver="GTiff", dtype="uint32", count=1, height=grid.height, width=grid.width,
-        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512, blockysize=512,
         nodata=0, BIGTIFF="IF_SAFER", **SCRATCH_COMPRESSION,
     )  # fmt: skip
 
