@@ -44,10 +44,7 @@ def in_chunks(step: Callable[[Geoms], Geoms], geoms: Geoms, size: int = CHUNK) -
     ``step`` that treats each polygon on its own, in bounded memory."""
     if geoms.shape[0] <= size:
         return step(geoms)
-    parts = [step(geoms[i : i + size]) for i in range(0, geoms.shape[0], size)]
-    out = np.empty(geoms.shape[0], dtype=object)
-    out[:] = np.concatenate(parts)
-    return out
+    return np.concatenate([step(geoms[i : i + size]) for i in range(0, geoms.shape[0], size)])
 
 
 def _neighbours(ring: I64) -> tuple[I64, I64]:
