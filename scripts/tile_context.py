@@ -27,8 +27,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import default_checkpoint
 from pipeline.core.geo import pixel_size_m
+from pipeline.model.arrays import FLIP_AXES, model_shape
 from pipeline.model.header import read_checkpoint_metadata
-from pipeline.model.infer import FLIP_DIMS, CheckpointSource, TorchSegmenter, model_shape
+from pipeline.model.infer import CheckpointSource, TorchSegmenter
 
 DEMO = Path(__file__).resolve().parents[2] / "shared/data/real/inria_austin/images/aerial_sample.tif"
 
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--scene", default=str(DEMO))
     ap.add_argument("--tiles", type=int, nargs="+", default=[448, 512, 640])
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--flips", type=int, choices=sorted(FLIP_DIMS), default=0)
+    ap.add_argument("--flips", type=int, choices=sorted(FLIP_AXES), default=0)
     args = ap.parse_args()
     path = str(args.model or default_checkpoint())
     meta = read_checkpoint_metadata(path)

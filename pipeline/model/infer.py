@@ -94,10 +94,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-#: Test-time flips by count (``model.flips``): the axes flipped, shared with the array segmenter.
-FLIP_DIMS = FLIP_AXES
-
-
 def to_uint8_probability(prob: torch.Tensor) -> NDArray[np.uint8]:
     """Quantize probabilities in [0, 1] to 0-255 with rounding."""
     import torch
@@ -168,7 +164,7 @@ class TorchSegmenter:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.flips not in FLIP_DIMS:
+        if self.flips not in FLIP_AXES:
             raise ConfigError(f"model.flips={self.flips}: use 0, 1 or 3 test-time flips")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,7 +179,7 @@ class TorchSegmenter:
         """Sigmoid probabilities of a normalized tensor at the model's GSD, averaged over the flips."""
         from pipeline.model.deeplab import pad_to_stride
 
-        dims = FLIP_DIMS[self.flips]
+        dims = FLIP_AXES[self.flips]
         if not dims:
             return self._forward(x)
         height, width = int(x.shape[-2]), int(x.shape[-1])

@@ -144,8 +144,8 @@ def exported_segmenter(
         run = CellBrightness(classes=classes, output_stride=stride)
     else:
         run = exported_run(runtime, path=str(cached_onnx(path)), threads=threads)
+    norm = meta.get("normalization", {})
     return ArraySegmenter(
         run=run, output_stride=stride, flips=flips, runtime=runtime,
-        mean=tuple(meta.get("normalization", {}).get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(meta.get("normalization", {}).get("std", (0.5, 0.5, 0.5))),
+        mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))), std=tuple(norm.get("std", (0.5, 0.5, 0.5))),
     )  # fmt: skip
