@@ -16,14 +16,15 @@ from pipeline.io.storage import configure_gdal_s3
 #: process bounds it to this many MB before any I/O; an explicit GDAL_CACHEMAX still wins.
 GDAL_CACHE_MB = 128
 
-#: The cache asked for while streaming rows through a file (COG writing, polygonizing bands):
-#: each block is touched once, so a small cache loses nothing.
-STREAM_CACHE_MB = 64
+#: The cache asked for while converting a scratch raster to a COG, which reads each block once:
+#: a small cache loses nothing. In bytes: rasterio hands an integer ``GDAL_CACHEMAX`` to
+#: ``GDALSetCacheMax64``, which counts bytes (this was ``64``, a 64-byte cache, until 2026-12-02:
+#: the 8192² probability COG took 30 % more CPU with it).
+STREAM_CACHE_BYTES = 64 << 20
 
-#: Creation options of the scratch rasters (the streamed probabilities, mask, seeds and
-#: regions), which live only until their COG or the vectorizer has read them: ZSTD level 1
-#: writes in a third of deflate's CPU time for about 7 % more bytes. Published COGs stay deflate.
-SCRATCH_COMPRESSION = {"compress": "zstd", "zstd_level": 1}
+#: The cache while polygonizing bands, each read once in whole blocks: none is needed, and
+#: 64 bytes hold no block (a 64 MB cache reads an 8192² scene's bands in the same time).
+BAND_CACHE_BYTES = 64
 
 
 def configure_process() -> None:

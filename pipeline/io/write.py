@@ -27,11 +27,16 @@ from rasterio.windows import Window
 
 from pipeline.core.errors import OutputError
 from pipeline.core.raster import RasterGrid
-from pipeline.io.gdal_env import SCRATCH_COMPRESSION, STREAM_CACHE_MB
+from pipeline.io.gdal_env import STREAM_CACHE_BYTES
+from pipeline.io.scratch import SCRATCH_COMPRESSION, RowBlocks, release_blocks, scratch_block_rows
 from pipeline.tiling.stitch import MASK_NODATA
 
 BLOCK = 512
-GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_CACHEMAX": STREAM_CACHE_MB, "GDAL_NUM_THREADS": "2"}
+#: GDAL's settings around every streamed write. Never GDAL_CACHEMAX: changing the cache size
+#: while a raster holds dirty blocks writes them out half-filled (see :mod:`pipeline.io.scratch`).
+GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "2"}
+#: The COG conversion reads each scratch block once: a small cache loses nothing there.
+COG_ENV = {**GDAL_ENV, "GDAL_CACHEMAX": STREAM_CACHE_BYTES}
 
 
 STAGING_PREFIX = ".footprints-tmp-"
@@ -108,6 +113,7 @@ class CogSink:
     rows_written: int = 0
     _prob: Any = field(init=False, repr=False)
     _mask: Any = field(init=False, repr=False)
+    _blocks: RowBlocks = field(init=False, repr=False)
 
     def _profile(self, *, nodata: int | None, count: int = 1) -> dict[str, Any]:
         return {
@@ -120,7 +126,7 @@ class CogSink:
             "transform": self.grid.transform,
             "tiled": True,
             "blockxsize": BLOCK,
-            "blockysize": BLOCK,
+            "blockysize": scratch_block_rows(self.grid.width),
             **SCRATCH_COMPRESSION,
             "nodata": nodata,
             "BIGTIFF": "IF_SAFER",
@@ -130,6 +136,9 @@ class CogSink:
         }
 
     def __post_init__(self) -> None:
+        self._blocks = RowBlocks(
+            height=self.grid.height, block_rows=scratch_block_rows(self.grid.width), write=self._write_blocks
+        )
         with rasterio.Env(**GDAL_ENV):
             self._prob = rasterio.open(
                 self.workdir / "probability.scratch.tif", "w",
@@ -152,6 +161,11 @@ class CogSink:
         mask: NDArray[np.uint8],
         valid: NDArray[np.bool_],
     ) -> None:
+        """Buffer the rows; each row of scratch blocks is written whole once it fills."""
+        self._blocks.add(row_off, probability, mask, valid)
+
+    def _write_blocks(self, row_off: int, arrays: tuple[NDArray[Any], ...]) -> None:
+        probability, mask, valid = arrays
         h = probability.shape[1]
         window = Window(0, row_off, self.grid.width, h)
         with rasterio.Env(**GDAL_ENV):
@@ -161,6 +175,7 @@ class CogSink:
                 )
             self._prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
             self._mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=window)
+        release_blocks()
         self.rows_written = max(self.rows_written, row_off + h)
 
     def close(self) -> None:
@@ -186,7 +201,7 @@ class CogSink:
 
 def to_cog(src: Path, dst: Path, *, resampling: str) -> None:
     """Convert a tiled GeoTIFF to a COG with overviews (GDAL COG driver, streamed)."""
-    with rasterio.Env(**GDAL_ENV):
+    with rasterio.Env(**COG_ENV):
         rasterio.shutil.copy(
             src,
             dst,

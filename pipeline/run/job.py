@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from pipeline.config import PipelineConfig
+from pipeline.core.memory import trim_heap
 from pipeline.io.preflight import check_free_space, estimate_bytes, write_errors
 from pipeline.run.cluster import scene_client
 from pipeline.run.context import Job, SceneContext, StageTimer
@@ -75,11 +76,16 @@ def call_stage(stage: Stage[Any, Any], ctx: SceneContext, value: Any) -> Any:
 
 
 def run_stages(ctx: SceneContext, *, call: StageCall = call_stage) -> dict[str, Any]:
-    """Run :data:`STAGES` in order, each on what the one before returned: the run record."""
+    """Run :data:`STAGES` in order, each on what the one before returned: the run record.
+
+    The heap is trimmed after each stage (:func:`pipeline.core.memory.trim_heap`), so that no
+    stage's peak RSS stands on the memory its predecessors freed.
+    """
     value: Any = None
     for stage in STAGES:
         with stage.timing(ctx.timer):
             value = call(stage, ctx, value)
+        trim_heap()
     record: dict[str, Any] = value
     return record
 

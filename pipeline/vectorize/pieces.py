@@ -42,7 +42,7 @@ from pipeline.core.errors import (
     detach,
 )
 from pipeline.core.raster import first_line, open_checked
-from pipeline.io.gdal_env import STREAM_CACHE_MB
+from pipeline.io.gdal_env import BAND_CACHE_BYTES
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 I64_MAX = np.iinfo(np.int64).max
@@ -154,9 +154,9 @@ def iter_raster_bands(
 
 @contextlib.contextmanager
 def _opened(values_path: str, *, stats_path: str | None, band: int) -> Iterator[tuple[Any, Any]]:
-    """The values raster and the statistics raster (or None), checked, under a small GDAL cache
+    """The values raster and the statistics raster (or None), checked, under no GDAL cache
     (rows are read once)."""
-    env = rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB)
+    env = rasterio.Env(GDAL_CACHEMAX=BAND_CACHE_BYTES)
     with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
         yield ds, st
 

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.raster import RasterGrid
-from pipeline.io.gdal_env import SCRATCH_COMPRESSION
+from pipeline.io.scratch import SCRATCH_COMPRESSION, RowBlocks, release_blocks, scratch_block_rows
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
@@ -166,7 +166,8 @@ class UnionFind:
 def _scratch(path: Path, grid: RasterGrid) -> Any:
     return rasterio.open(
         path, "w", driver="GTiff", dtype="uint32", count=1, height=grid.height, width=grid.width,
-        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512, blockysize=512,
+        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512,
+        blockysize=scratch_block_rows(grid.width),
         nodata=0, BIGTIFF="IF_SAFER", **SCRATCH_COMPRESSION,
     )  # fmt: skip
 
@@ -185,9 +186,13 @@ class SeedSink:
     uf: UnionFind = field(default_factory=UnionFind)
     _prev: NDArray[np.int64] | None = None
     _ds: Any = field(init=False, repr=False)
+    _blocks: RowBlocks = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._ds = _scratch(self.seeds_path, self.grid)
+        self._blocks = RowBlocks(
+            height=self.grid.height, block_rows=scratch_block_rows(self.grid.width), write=self._write_blocks
+        )
 
     @property
     def seeds_path(self) -> Path:
@@ -218,8 +223,12 @@ class SeedSink:
             for a, b in np.unique(np.stack([self._prev[both], prov[0][both]], axis=1), axis=0):
                 self.uf.union(int(a), int(b))
         self._prev = prov[-1].copy()
-        window = Window(0, row_off, self.grid.width, prov.shape[0])
-        self._ds.write(prov.astype(np.uint32), 1, window=window)
+        self._blocks.add(row_off, prov.astype(np.uint32))  # written whole block rows at a time
+
+    def _write_blocks(self, row_off: int, arrays: tuple[NDArray[Any], ...]) -> None:
+        (seeds,) = arrays
+        self._ds.write(seeds, 1, window=Window(0, row_off, self.grid.width, seeds.shape[0]))
+        release_blocks()
 
     def close(self) -> None:
         if not self._ds.closed:
@@ -256,6 +265,7 @@ class SeedSink:
                     cols = slice(c0 - int(halo.col_off), c1 - int(halo.col_off))
                     regions = finish_regions(grown[rows, cols], mask[rows, cols])
                     out.write(regions, 1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                release_blocks()  # the band's blocks are whole: out of GDAL's cache, into the file
         self.seeds_path.unlink()
         return self.regions_path
 
