@@ -7,7 +7,11 @@ Prefect flows and the Dask workers (:class:`pipeline.run.dispatch.ProcessSetting
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+
+from rasterio.env import get_gdal_config, set_gdal_config
 
 from pipeline.io.storage import configure_gdal_s3
 
@@ -34,3 +38,20 @@ def configure_process() -> None:
     """
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     configure_gdal_s3()
+
+
+@contextlib.contextmanager
+def cache_size(nbytes: int) -> Iterator[None]:
+    """GDAL's block cache (the whole process's) at ``nbytes`` bytes inside the block, then its
+    size before. Shrinking it writes the evicted dirty blocks to their files.
+
+    Set and restored explicitly: ``rasterio.Env(GDAL_CACHEMAX=...)`` inside another
+    environment (an open dataset's ``with`` block is one) does not restore the size on leaving,
+    and a process went on with a one-byte cache that way.
+    """
+    before = get_gdal_config("GDAL_CACHEMAX")  # the size in bytes (GDALGetCacheMax64)
+    set_gdal_config("GDAL_CACHEMAX", nbytes)  # an integer is bytes to rasterio (GDALSetCacheMax64)
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)

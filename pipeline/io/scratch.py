@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from rasterio.env import get_gdal_config, set_gdal_config
+
+from pipeline.core.raster import RasterGrid
+from pipeline.io.gdal_env import cache_size
 
 #: Creation options of the scratch rasters (the streamed probabilities, mask, seeds and
 #: regions), which live only until their COG or the vectorizer has read them: ZSTD level 1
@@ -29,6 +31,8 @@ SCRATCH_COMPRESSION = {"compress": "zstd", "zstd_level": 1}
 
 #: Pixels in one row of blocks of a scratch raster (about: its height is a power of two).
 SCRATCH_BLOCK_PX = 1 << 21
+#: Width of a scratch raster's blocks.
+SCRATCH_BLOCK_COLS = 512
 
 
 def scratch_block_rows(width: int) -> int:
@@ -43,16 +47,23 @@ def scratch_block_rows(width: int) -> int:
 
 
 def release_blocks() -> None:
-    """Write GDAL's dirty blocks to their files and empty its block cache (the whole process's).
+    """Write GDAL's dirty blocks to their files and empty its block cache (the whole process's):
+    a one-byte cache evicts every block."""
+    with cache_size(1):
+        pass
 
-    The cache is shrunk to one byte, which evicts every block, and set back to its size.
-    Not with ``rasterio.Env(GDAL_CACHEMAX=...)``: inside another environment (an open
-    dataset's ``with`` block is one) leaving it does not restore the size, and the process
-    went on with a one-byte cache.
-    """
-    size = get_gdal_config("GDAL_CACHEMAX")  # the cache's size in bytes (GDALGetCacheMax64)
-    set_gdal_config("GDAL_CACHEMAX", 1)  # an integer is bytes to rasterio (GDALSetCacheMax64)
-    set_gdal_config("GDAL_CACHEMAX", size)
+
+def scratch_profile(
+    grid: RasterGrid, *, dtype: str, count: int = 1, nodata: float | None = None
+) -> dict[str, Any]:
+    """Creation options of a scratch GeoTIFF on ``grid``: tiled in blocks of
+    :data:`SCRATCH_BLOCK_COLS` x :func:`scratch_block_rows`, with :data:`SCRATCH_COMPRESSION`."""
+    return {
+        "driver": "GTiff", "dtype": dtype, "count": count, "height": grid.height, "width": grid.width,
+        "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "tiled": True,
+        "blockxsize": SCRATCH_BLOCK_COLS, "blockysize": scratch_block_rows(grid.width),
+        "BIGTIFF": "IF_SAFER", **SCRATCH_COMPRESSION,
+    }  # fmt: skip
 
 
 #: Receives ``(row_off, arrays)``: whole block rows, in views of buffers that are reused.
@@ -61,7 +72,8 @@ BlockWriter = Callable[[int, tuple[NDArray[Any], ...]], None]
 
 @dataclass
 class RowBlocks:
-    """Row bands in; whole block rows out, to ``write`` (the last block row ends at ``height``).
+    """Row bands in; whole block rows out, to ``write`` (the last block row ends at ``height``),
+    each followed by :func:`release_blocks`, so no written block waits in GDAL's cache.
 
     Every array handed to :meth:`add` has rows on its second-to-last axis. Rows are copied into
     one block row of buffers per array, allocated at the first hand-over, so the memory held is
@@ -74,6 +86,11 @@ class RowBlocks:
     _row_off: int = 0  # the top of the block row being filled
     _rows: int = 0  # rows of it filled
     _buffers: tuple[NDArray[Any], ...] = ()
+
+    @classmethod
+    def of(cls, grid: RasterGrid, write: BlockWriter) -> RowBlocks:
+        """Whole block rows of a scratch raster on ``grid`` (:func:`scratch_profile`)."""
+        return cls(height=grid.height, block_rows=scratch_block_rows(grid.width), write=write)
 
     def add(self, row_off: int, *arrays: NDArray[Any]) -> None:
         """Copy ``arrays`` (rows from ``row_off``, which must follow the rows handed over
@@ -93,4 +110,5 @@ class RowBlocks:
             self._rows, i = self._rows + take, i + take
             if self._rows == full:
                 self.write(self._row_off, tuple(b[..., :full, :] for b in self._buffers))
+                release_blocks()
                 self._row_off, self._rows = self._row_off + full, 0

@@ -27,16 +27,14 @@ from rasterio.windows import Window
 
 from pipeline.core.errors import OutputError
 from pipeline.core.raster import RasterGrid
-from pipeline.io.gdal_env import STREAM_CACHE_BYTES
-from pipeline.io.scratch import SCRATCH_COMPRESSION, RowBlocks, release_blocks, scratch_block_rows
+from pipeline.io.gdal_env import STREAM_CACHE_BYTES, cache_size
+from pipeline.io.scratch import RowBlocks, scratch_profile
 from pipeline.tiling.stitch import MASK_NODATA
 
 BLOCK = 512
 #: GDAL's settings around every streamed write. Never GDAL_CACHEMAX: changing the cache size
 #: while a raster holds dirty blocks writes them out half-filled (see :mod:`pipeline.io.scratch`).
 GDAL_ENV = {"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "2"}
-#: The COG conversion reads each scratch block once: a small cache loses nothing there.
-COG_ENV = {**GDAL_ENV, "GDAL_CACHEMAX": STREAM_CACHE_BYTES}
 
 
 STAGING_PREFIX = ".footprints-tmp-"
@@ -117,28 +115,14 @@ class CogSink:
 
     def _profile(self, *, nodata: int | None, count: int = 1) -> dict[str, Any]:
         return {
-            "driver": "GTiff",
-            "dtype": "uint8",
-            "count": count,
-            "height": self.grid.height,
-            "width": self.grid.width,
-            "crs": self.grid.crs,
-            "transform": self.grid.transform,
-            "tiled": True,
-            "blockxsize": BLOCK,
-            "blockysize": scratch_block_rows(self.grid.width),
-            **SCRATCH_COMPRESSION,
-            "nodata": nodata,
-            "BIGTIFF": "IF_SAFER",
+            **scratch_profile(self.grid, dtype="uint8", count=count, nodata=nodata),
             # GDAL 3.10's threaded compression of a multi-band file with an internal mask races
             # ("Bad value 1 for ExtraSamples tag" now and then): compress those in one thread
             **({"NUM_THREADS": "1"} if count > 1 else {}),
         }
 
     def __post_init__(self) -> None:
-        self._blocks = RowBlocks(
-            height=self.grid.height, block_rows=scratch_block_rows(self.grid.width), write=self._write_blocks
-        )
+        self._blocks = RowBlocks.of(self.grid, self._write_blocks)
         with rasterio.Env(**GDAL_ENV):
             self._prob = rasterio.open(
                 self.workdir / "probability.scratch.tif", "w",
@@ -175,7 +159,6 @@ class CogSink:
                 )
             self._prob.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
             self._mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), 1, window=window)
-        release_blocks()
         self.rows_written = max(self.rows_written, row_off + h)
 
     def close(self) -> None:
@@ -200,8 +183,10 @@ class CogSink:
 
 
 def to_cog(src: Path, dst: Path, *, resampling: str) -> None:
-    """Convert a tiled GeoTIFF to a COG with overviews (GDAL COG driver, streamed)."""
-    with rasterio.Env(**COG_ENV):
+    """Convert a tiled GeoTIFF to a COG with overviews (GDAL COG driver, streamed). It reads
+    each scratch block once: a small cache (:data:`~pipeline.io.gdal_env.STREAM_CACHE_BYTES`)
+    loses nothing."""
+    with cache_size(STREAM_CACHE_BYTES), rasterio.Env(**GDAL_ENV):
         rasterio.shutil.copy(
             src,
             dst,

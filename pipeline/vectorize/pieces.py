@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-import rasterio
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
@@ -42,7 +41,7 @@ from pipeline.core.errors import (
     detach,
 )
 from pipeline.core.raster import first_line, open_checked
-from pipeline.io.gdal_env import BAND_CACHE_BYTES
+from pipeline.io.gdal_env import BAND_CACHE_BYTES, cache_size
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 I64_MAX = np.iinfo(np.int64).max
@@ -156,8 +155,11 @@ def iter_raster_bands(
 def _opened(values_path: str, *, stats_path: str | None, band: int) -> Iterator[tuple[Any, Any]]:
     """The values raster and the statistics raster (or None), checked, under no GDAL cache
     (rows are read once)."""
-    env = rasterio.Env(GDAL_CACHEMAX=BAND_CACHE_BYTES)
-    with env, open_values(values_path, band=band) as ds, _open_stats(stats_path, ds) as st:
+    with (
+        cache_size(BAND_CACHE_BYTES),
+        open_values(values_path, band=band) as ds,
+        _open_stats(stats_path, ds) as st,
+    ):
         yield ds, st
 
 

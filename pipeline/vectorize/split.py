@@ -36,7 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.raster import RasterGrid
-from pipeline.io.scratch import SCRATCH_COMPRESSION, RowBlocks, release_blocks, scratch_block_rows
+from pipeline.io.scratch import RowBlocks, release_blocks, scratch_profile
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
 #: Region value of mask pixels that no seed reaches.
@@ -164,12 +164,7 @@ class UnionFind:
 
 
 def _scratch(path: Path, grid: RasterGrid) -> Any:
-    return rasterio.open(
-        path, "w", driver="GTiff", dtype="uint32", count=1, height=grid.height, width=grid.width,
-        crs=grid.crs, transform=grid.transform, tiled=True, blockxsize=512,
-        blockysize=scratch_block_rows(grid.width),
-        nodata=0, BIGTIFF="IF_SAFER", **SCRATCH_COMPRESSION,
-    )  # fmt: skip
+    return rasterio.open(path, "w", **scratch_profile(grid, dtype="uint32", nodata=0))
 
 
 @dataclass
@@ -190,9 +185,7 @@ class SeedSink:
 
     def __post_init__(self) -> None:
         self._ds = _scratch(self.seeds_path, self.grid)
-        self._blocks = RowBlocks(
-            height=self.grid.height, block_rows=scratch_block_rows(self.grid.width), write=self._write_blocks
-        )
+        self._blocks = RowBlocks.of(self.grid, self._write_blocks)
 
     @property
     def seeds_path(self) -> Path:
@@ -228,7 +221,6 @@ class SeedSink:
     def _write_blocks(self, row_off: int, arrays: tuple[NDArray[Any], ...]) -> None:
         (seeds,) = arrays
         self._ds.write(seeds, 1, window=Window(0, row_off, self.grid.width, seeds.shape[0]))
-        release_blocks()
 
     def close(self) -> None:
         if not self._ds.closed:

@@ -96,3 +96,22 @@ def test_the_cog_cache_is_given_in_bytes() -> None:
     from pipeline.io.gdal_env import BAND_CACHE_BYTES, STREAM_CACHE_BYTES
 
     assert STREAM_CACHE_BYTES >= 16 << 20 and BAND_CACHE_BYTES < 512 * 512
+
+
+def test_cache_size_is_set_inside_and_restored_after_even_within_an_environment(tmp_path: Path) -> None:
+    """Inside an open dataset's ``with`` block (a rasterio environment), a nested
+    ``rasterio.Env(GDAL_CACHEMAX=...)`` did not restore the size on leaving."""
+    import numpy as np
+    import rasterio
+    from rasterio.env import get_gdal_config
+
+    from pipeline.io.gdal_env import cache_size
+
+    size = get_gdal_config("GDAL_CACHEMAX")
+    profile = dict(driver="GTiff", dtype="uint8", count=1, height=8, width=8)
+    with rasterio.open(tmp_path / "s.tif", "w", **profile) as ds:
+        with cache_size(3 << 20):
+            assert get_gdal_config("GDAL_CACHEMAX") == 3 << 20
+            ds.write(np.zeros((8, 8), np.uint8), 1)
+        assert get_gdal_config("GDAL_CACHEMAX") == size
+    assert get_gdal_config("GDAL_CACHEMAX") == size
