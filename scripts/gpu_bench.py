@@ -62,9 +62,9 @@ class GpuSampler:
             util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
             self.samples.append((time.time(), float(util)))
 
-    def busy(self, window: list[float]) -> float | None:
-        """Mean utilization (%) of the samples inside ``[start, end]`` (None without samples)."""
-        inside = [u for t, u in self.samples if window[0] <= t <= window[1]]
+    def busy(self, windows: list[list[float]]) -> float | None:
+        """Mean utilization (%) of the samples inside the ``[start, end]`` windows (None without samples)."""
+        inside = [u for t, u in self.samples if any(w[0] <= t <= w[1] for w in windows)]
         return round(sum(inside) / len(inside), 1) if inside else None
 
 
@@ -88,7 +88,8 @@ def bench_batch(scene: Path, batch: int, args: argparse.Namespace, sampler: GpuS
     report = run_bench(input_path=str(scene), config=config, model_path=args.model, max_tiles=tiles)
     row: dict[str, Any] = {"batch_size": batch}
     for mode in MODES:
-        row[mode] = {"mps": report[mode]["mps"], "gpu_busy_pct": sampler.busy(report[mode]["window"])}
+        r = report[mode]
+        row[mode] = {"mps": r["mps"], "gpu_busy_pct": sampler.busy(r.get("windows") or [r["window"]])}
     row["scene_mps_end_to_end"] = report["end_to_end"]["scene_mps"]
     row["ratio"] = report["ratio"]
     row["report"] = report

@@ -31,6 +31,13 @@ STREAM_CACHE_BYTES = 64 << 20
 BAND_CACHE_BYTES = 64
 
 
+#: The cache while the split grows its seeds window by window
+#: (:meth:`pipeline.vectorize.split.SeedSink.finish`): the blocks a window shares with its
+#: neighbours, not a whole band of the scene's width (a 16384 px band of seeds, mask and
+#: regions is about 90 MB). Each window writes whole blocks, so a block evicted is complete.
+WINDOW_CACHE_BYTES = 32 << 20
+
+
 def configure_process() -> None:
     """Bound GDAL's block cache and give ``/vsis3/`` the S3 endpoint of the environment.
 

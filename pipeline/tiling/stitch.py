@@ -211,6 +211,12 @@ class Stitcher:
             buf[keep : self._rows] = 0
         self._rows = keep
         self._start = limit
+        if self.finished:  # the last row is out: free the accumulator before the stage goes on
+            self._acc, self._wsum, self._valid = (
+                self._acc[:, :0].copy(),
+                self._wsum[:0].copy(),
+                self._valid[:0].copy(),
+            )
 
     def _emit(self, r0: int, r1: int) -> None:
         """Normalize buffered rows ``[r0, r1)`` and hand them to the sink."""
@@ -225,3 +231,8 @@ class Stitcher:
     @property
     def finished(self) -> bool:
         return self._start >= self.grid.height
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the accumulator (none once :attr:`finished`)."""
+        return int(self._acc.nbytes + self._wsum.nbytes + self._valid.nbytes)

@@ -15,6 +15,7 @@ on the block size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -30,9 +31,9 @@ from pipeline.core.errors import MissingCRSError
 from pipeline.core.geo import MetricFrame, pixel_size_m
 from pipeline.vectorize.overlaps import polygonal_part
 from pipeline.vectorize.polygonize import Regions, polygonize_blocks
-from pipeline.vectorize.postprocess import postprocess
+from pipeline.vectorize.postprocess import outline_each, postprocess, separable, settle
 from pipeline.vectorize.priors import Priors
-from pipeline.vectorize.rings import canonical_rings
+from pipeline.vectorize.rings import CHUNK, canonical_rings
 from pipeline.vectorize.scoring import ScoreContext, candidate_features
 
 Geoms = NDArray[np.object_]
@@ -121,27 +122,35 @@ def buildings_from_regions(
     on its raw outline (:mod:`pipeline.vectorize.scoring`), and its scorer, if any, drops those under
     its threshold. ``outlines`` is the post-processing (``postprocess``'s signature;
     ``scripts/compare_regularizers.py`` passes others to compare them).
+
+    With ``postprocess`` and outlines that depend on each building alone
+    (:func:`~pipeline.vectorize.postprocess.separable`), the regions are filtered, scored and
+    outlined :data:`~pipeline.vectorize.rings.CHUNK` at a time and only the overlaps are settled
+    over the whole scene: the same buildings, but the pixel staircases of a large scene are
+    never all reprojected and outlined at once.
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
     frame = MetricFrame.for_scene(regions.crs, bounds)
-    raw = canonical_rings(regions.geometry)  # same rings whatever the block size: see vectorize.rings
-    metric, outline = _into_metric(frame, raw, bounds)
-    area = shapely.area(metric) if len(regions) else np.empty(0)
-    keep = np.flatnonzero(area >= options.min_area_m2)
-    if options.min_confidence > 0 and regions.mean is not None:
-        keep = keep[regions.mean[keep] / stats_scale >= options.min_confidence]
-    table = None
-    if scoring is not None:
-        table = _score(regions, keep, raw, metric, scoring, stats_scale)
-        if scoring.scorer is not None:
-            passed = scoring.scorer.keep(table)
-            keep, table = keep[passed], table[passed]
-    geoms = outlines(
-        metric[keep], fill_holes_m2=options.fill_holes_m2, simplify_m=options.simplify_m,
-        regularize=options.regularize, angle_tolerance_deg=options.angle_tolerance_deg,
-        min_edge_m=options.min_edge_m, pixel_m=pixel_m, priors=options.priors,
+    outline = _scene_outline(frame, bounds)
+    kw: dict[str, Any] = dict(
+        fill_holes_m2=options.fill_holes_m2, simplify_m=options.simplify_m, regularize=options.regularize,
+        angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
+        priors=options.priors,
     )  # fmt: skip
+    each = outlines is postprocess and separable(
+        regularize=options.regularize, pixel_m=pixel_m, priors=options.priors
+    )
+    size = CHUNK if each else max(1, len(regions))
+    parts = [
+        _candidates(regions, slice(i, i + size), frame=frame, options=options, scoring=scoring,
+                    stats_scale=stats_scale, outliner=functools.partial(outline_each, **kw) if each else None)
+        for i in range(0, max(1, len(regions)), size)  # one empty chunk when there are no regions
+    ]  # fmt: skip
+    keep = np.concatenate([p.keep for p in parts])
+    geoms = np.concatenate([p.geoms for p in parts])
+    table = None if scoring is None else np.concatenate([p.table for p in parts if p.table is not None])
+    geoms = settle(geoms, np.concatenate([p.area for p in parts])) if each else outlines(geoms, **kw)
     # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
     geoms = polygonal_part(shapely.intersection(geoms, outline)) if geoms.size else geoms
     delivered = _out_of_metric(frame, geoms)
@@ -159,10 +168,50 @@ def buildings_from_regions(
     )
 
 
-def _into_metric(
-    frame: MetricFrame, raw: Geoms, bounds: tuple[float, float, float, float]
-) -> tuple[Geoms, shapely.Geometry]:
-    """The regions and the scene's outline in the metric frame: one reprojection.
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk's candidates: their region indexes, outlines (or metric polygons, when they are
+    outlined together later), areas deciding overlaps (with outlines) and features (when scored)."""
+
+    keep: NDArray[np.int64]
+    geoms: Geoms
+    area: NDArray[np.float64]
+    table: NDArray[np.float64] | None
+
+
+def _candidates(
+    regions: Regions,
+    part: slice,
+    *,
+    frame: MetricFrame,
+    options: OutlineOptions,
+    scoring: ScoreContext | None,
+    stats_scale: float,
+    outliner: Callable[[Geoms], tuple[Geoms, NDArray[np.float64]]] | None,
+) -> _Chunk:
+    """The regions ``part`` in metres, filtered by area, confidence and scorer; outlined by
+    ``outliner`` (:func:`~pipeline.vectorize.postprocess.outline_each`) where given."""
+    raw = canonical_rings(regions.geometry[part])  # same rings whatever the block size: see vectorize.rings
+    metric = frame.to_metric(raw)
+    area = shapely.area(metric) if raw.size else np.empty(0)
+    keep = np.flatnonzero(area >= options.min_area_m2)
+    first = part.start or 0
+    if options.min_confidence > 0 and regions.mean is not None:
+        keep = keep[regions.mean[first + keep] / stats_scale >= options.min_confidence]
+    table = None
+    if scoring is not None:
+        table = _score(regions, keep, first, raw, metric, scoring, stats_scale)
+        if scoring.scorer is not None:
+            passed = scoring.scorer.keep(table)
+            keep, table = keep[passed], table[passed]
+    geoms, kept_area = metric[keep], np.empty(0)
+    if outliner is not None:
+        geoms, kept_area = outliner(geoms)
+    return _Chunk(keep=(first + keep).astype(np.int64), geoms=geoms, area=kept_area, table=table)
+
+
+def _scene_outline(frame: MetricFrame, bounds: tuple[float, float, float, float]) -> shapely.Geometry:
+    """The scene's outline in the metric frame.
 
     A straight edge of a geographic scene is a curve in the metric CRS, so the outline is
     densified first, to pieces of about :data:`OUTLINE_SEGMENT_M` (a piece of a parallel
@@ -170,12 +219,10 @@ def _into_metric(
     """
     box = shapely.box(*bounds)
     if frame.identity:
-        return raw, box
+        return box
     axis = frame.scene.axis_info[0]
     unit_m = axis.unit_conversion_factor * (EARTH_RADIUS_M if frame.scene.is_geographic else 1.0)
-    outline = shapely.segmentize(box, OUTLINE_SEGMENT_M / unit_m)
-    both = frame.to_metric(np.concatenate([raw, np.array([outline], dtype=object)]))
-    return both[:-1], both[-1]
+    return frame.to_metric(np.array([shapely.segmentize(box, OUTLINE_SEGMENT_M / unit_m)], dtype=object))[0]
 
 
 def _out_of_metric(frame: MetricFrame, geoms: Geoms) -> Geoms:
@@ -192,13 +239,14 @@ def _out_of_metric(frame: MetricFrame, geoms: Geoms) -> Geoms:
 def _score(
     regions: Regions,
     keep: NDArray[np.intp],
+    first: int,
     raw: Geoms,
     metric: Geoms,
     scoring: ScoreContext,
     stats_scale: float,
 ) -> NDArray[np.float64]:
     """The feature table of the candidates ``keep`` (confidence NaN-free: 0 without stats)."""
-    conf = regions.mean[keep] / stats_scale if regions.mean is not None else np.zeros(keep.size)
+    conf = regions.mean[first + keep] / stats_scale if regions.mean is not None else np.zeros(keep.size)
     return candidate_features(
         raw[keep], metric=metric[keep], confidence=conf.astype(np.float64),
         probability_path=scoring.probability_path,

@@ -223,15 +223,15 @@ def _regions(
     chunks: Iterable[tuple[Components, Geoms]], *, width: int, transform: Affine, stats: bool, crs: CRS | None
 ) -> Regions:
     tables, geoms_list = [], []
-    for table, geoms in chunks:
+    for table, geoms in chunks:  # into the CRS as they come: no scene's worth of vertex tables at once
         tables.append(table)
-        geoms_list.append(geoms)
+        geoms_list.append(to_world(geoms, transform) if geoms.size else geoms)
     table, geoms = Components.concat(tables), np.concatenate(geoms_list)
     order = np.argsort(table.first, kind="stable")
     table, geoms = table.take(order), geoms[order]
     rows, cols = np.divmod(table.first, width)
     mean = table.total / np.maximum(table.count, 1) if stats else None
-    return Regions(to_world(geoms, transform), table.value, rows, cols, table.count, mean, table.pieces, crs)
+    return Regions(geoms, table.value, rows, cols, table.count, mean, table.pieces, crs)
 
 
 def polygonize_array(

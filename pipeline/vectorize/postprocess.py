@@ -94,6 +94,57 @@ def estimate_pixel_m(geoms: Geoms) -> float:
     return float(min(np.median(shortest[np.isfinite(shortest)]), MAX_ESTIMATED_PIXEL_M))
 
 
+def separable(*, regularize: bool, pixel_m: float | None, priors: Priors = NO_PRIORS) -> bool:
+    """Whether :func:`outline_each` may treat the polygons in any groups: each outline then
+    depends on its own polygon alone (no orientation shared with neighbours, a known pixel size)."""
+    return not regularize or (priors.group_m <= 0 and pixel_m is not None)
+
+
+def outline_each(
+    metric: Geoms,
+    *,
+    fill_holes_m2: float,
+    simplify_m: float,
+    regularize: bool,
+    angle_tolerance_deg: float,
+    min_edge_m: float,
+    pixel_m: float | None = None,
+    priors: Priors = NO_PRIORS,
+) -> tuple[Geoms, NDArray[np.float64]]:
+    """Steps 0-2 of :func:`postprocess`: each polygon's outline, overlaps not yet removed, and
+    its area, which decides an overlap (:func:`settle`).
+
+    Where :func:`separable` holds, the polygons may come in any groups and the outlines are the
+    same: :func:`pipeline.vectorize.buildings.buildings_from_regions` outlines a scene's
+    candidates a chunk at a time, so their pixel staircases are never all in memory at once.
+    """
+    geoms = canonical_rings(as_geoms(metric))  # block-independent input: see pipeline.vectorize.rings
+    area = np.asarray(shapely.area(geoms), dtype=np.float64)
+    if geoms.size == 0:
+        return geoms, area
+    filled = fill_holes(geoms, max_hole_m2=fill_holes_m2)
+    if regularize:
+        px = estimate_pixel_m(geoms) if pixel_m is None else pixel_m
+        out = square_outlines(
+            filled,
+            angle_tolerance_deg=angle_tolerance_deg,
+            min_edge_m=min_edge_m,
+            simplify_m=max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M, DP_PIXELS * px),
+            priors=priors,
+        )
+    else:
+        out = shapely.simplify(filled, simplify_m, preserve_topology=True) if simplify_m > 0 else filled
+    return polygonal_part(out), area
+
+
+def settle(outlines: Geoms, area: NDArray[np.float64], *, touching: Geoms | None = None) -> Geoms:
+    """Step 3 of :func:`postprocess`: the outlines made pairwise non-overlapping, the larger
+    ``area`` keeping an overlap (``touching``: the polygons whose shared walls stay one line)."""
+    if outlines.size == 0:
+        return outlines
+    return remove_overlaps(outlines, priority=area, touching=touching)
+
+
 def postprocess(
     metric: Geoms,
     *,
@@ -105,7 +156,8 @@ def postprocess(
     pixel_m: float | None = None,
     priors: Priors = NO_PRIORS,
 ) -> Geoms:
-    """Holes, squaring (or simplification) and overlap removal of polygons in a metric CRS.
+    """Holes, squaring (or simplification) and overlap removal of polygons in a metric CRS:
+    :func:`outline_each`, then :func:`settle`.
 
     One polygon per input, aligned; valid and pairwise non-overlapping, in the input's CRS.
     An output is an empty polygon only when nothing of its input survives (a degenerate
@@ -120,19 +172,11 @@ def postprocess(
     geoms = as_geoms(metric)
     if geoms.size == 0:
         return geoms
-    geoms = canonical_rings(geoms)  # block-independent input: see pipeline.vectorize.rings
-    area = np.asarray(shapely.area(geoms), dtype=np.float64)
-    filled = fill_holes(geoms, max_hole_m2=fill_holes_m2)
-    if regularize:
-        px = estimate_pixel_m(geoms) if pixel_m is None else pixel_m
-        out = square_outlines(
-            filled,
-            angle_tolerance_deg=angle_tolerance_deg,
-            min_edge_m=min_edge_m,
-            simplify_m=max(simplify_m, REGULARIZE_MIN_SIMPLIFY_M, DP_PIXELS * px),
-            priors=priors,
-        )
-    else:
-        out = shapely.simplify(filled, simplify_m, preserve_topology=True) if simplify_m > 0 else filled
-    touching = geoms if regularize and priors.group_m > 0 else None  # shared walls stay one line
-    return remove_overlaps(polygonal_part(out), priority=area, touching=touching)
+    out, area = outline_each(
+        geoms, fill_holes_m2=fill_holes_m2, simplify_m=simplify_m, regularize=regularize,
+        angle_tolerance_deg=angle_tolerance_deg, min_edge_m=min_edge_m, pixel_m=pixel_m, priors=priors,
+    )  # fmt: skip
+    grouped = regularize and priors.group_m > 0
+    return settle(
+        out, area, touching=canonical_rings(geoms) if grouped else None
+    )  # shared walls stay one line

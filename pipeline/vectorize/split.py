@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.core.raster import RasterGrid
+from pipeline.io.gdal_env import WINDOW_CACHE_BYTES, cache_size
 from pipeline.io.scratch import RowBlocks, release_blocks, scratch_profile
 from pipeline.tiling.stitch import MASK_NODATA, threshold_u8
 
@@ -232,13 +233,15 @@ class SeedSink:
         """Resolve the seeds, grow them inside the mask and write the region raster.
 
         The rasters are read in windows of ``band_rows`` x ``band_cols`` (whole blocks of
-        the scratch rasters) with a halo of ``grow_px`` on every side, so memory does not
-        grow with the scene's width.
+        the scratch rasters) with a halo of ``grow_px`` on every side, through a GDAL cache of
+        :data:`~pipeline.io.gdal_env.WINDOW_CACHE_BYTES`, so memory does not grow with the
+        scene's width.
         """
         self.close()
         lut = self.uf.final_labels(min_seed_px)
         height, width = self.grid.shape
         with (
+            cache_size(WINDOW_CACHE_BYTES),
             rasterio.open(self.seeds_path) as seeds,
             rasterio.open(mask_path) as mask_ds,
             _scratch(self.regions_path, self.grid) as out,

@@ -45,7 +45,13 @@ def test_the_report_says_all_three_ran_alike(report: dict[str, Any]) -> None:
     layout = report["layout"]
     assert layout["tiles"] == 4 and layout["batch_size"] == 1 and layout["workers"] == 1
     assert "same Dask cluster" in layout["statement"] and "same grid (4 tiles" in layout["statement"]
-    assert report["model_only"]["tiles"] == 2
+    model = report["model_only"]
+    assert model["tiles"] == 2 and len(model["passes"]) == 2  # before and after end-to-end
+    before, after = model["windows"]
+    e2e = report["end_to_end"]["window"]
+    assert before[1] <= e2e[0] and e2e[1] <= after[0]  # the two passes bracket the end-to-end run
+    # pooled: the passes' tile pixels over their seconds, between the two rates
+    assert min(model["passes"]) - 1e-3 <= model["mps"] <= max(model["passes"]) + 1e-3
     for key in ("end_to_end", "pipeline_only"):
         run = report[key]
         assert run["tiles_inferred"] == 4
@@ -73,7 +79,10 @@ def test_pipeline_only_ran_the_stand_in_and_the_others_the_model(report: dict[st
 
 def test_the_text_report_has_a_row_per_mode_and_per_stage(report: dict[str, Any]) -> None:
     text = format_report(report)
-    assert text.startswith("model-only, end-to-end and pipeline-only ran on the same Dask cluster")
+    assert text.startswith(
+        "model-only (before and after end-to-end), end-to-end and pipeline-only ran on the same Dask cluster"
+    )
+    assert "passes before and after end-to-end: " in text
     for row in ("model-only", "end-to-end", "pipeline-only", *STAGES, "end-to-end / model-only"):
         assert f"\n{row}" in text, row
 

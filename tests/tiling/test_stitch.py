@@ -122,6 +122,7 @@ def test_memory_is_a_few_rows_of_tiles(make_tif: Any) -> None:
     path = make_tif(coordinate_image(2000, 300))
     sink, stitcher = stitch_file(path, tile=128, overlap=16)
     assert stitcher.peak_rows <= 3 * 128
+    assert stitcher.held_bytes == 0  # the last row out, the accumulator is freed
     assert len(sink.writes) >= 10
     rows = sorted(sink.writes)
     assert rows[0][0] == 0 and sum(h for _, h in rows) == 2000

@@ -8,9 +8,11 @@ went back to the scene CRS between the steps, byte for byte.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
@@ -19,6 +21,7 @@ from pyproj import CRS as ProjCRS
 from pipeline.config import load_config
 from pipeline.core import geo
 from pipeline.core.geo import MetricFrame
+from pipeline.vectorize import buildings
 from pipeline.vectorize.buildings import (
     OutlineOptions,
     SceneRegions,
@@ -28,8 +31,9 @@ from pipeline.vectorize.buildings import (
     vectorize_scene,
 )
 from pipeline.vectorize.overlaps import polygonal_part
-from pipeline.vectorize.postprocess import postprocess
+from pipeline.vectorize.postprocess import outline_each, postprocess
 from pipeline.vectorize.rings import canonical_rings
+from pipeline.vectorize.scoring import FEATURES, ScoreContext
 from tests.conftest import DEMO_LABELS, REAL, requires_real, write_tif
 
 RIO = REAL / "spacenet1_rio" / "building_mask_vis"
@@ -93,7 +97,7 @@ def test_geographic_scene_enters_the_metric_frame_once_with_the_same_buildings(
     keep, before, area = reprojected_at_every_step(sr, options)
     reprojections.clear()
     b = buildings_from_regions(sr.regions, scene=tile, bounds=sr.bounds, options=options, pixel_m=sr.pixel_m)
-    assert reprojections == [len(sr.regions) + 1, len(b)]  # regions and the scene's outline; the buildings
+    assert reprojections == [1, len(sr.regions), len(b)]  # the scene's outline, the regions, the buildings
     assert len(b) > 10 and np.array_equal(b.keep, keep)
     assert np.all(shapely.is_valid(b.geometry))
     np.testing.assert_allclose(b.area_m2, area, rtol=0, atol=5e-3)  # measured: 8e-4 m² at most
@@ -115,6 +119,66 @@ def test_metric_scene_is_not_reprojected_and_its_buildings_are_unchanged(reproje
     assert b.area_m2.tobytes() == area.tobytes()
 
 
+def _whole(geoms: Geoms, **kw: Any) -> Geoms:
+    """``postprocess`` under another name: buildings_from_regions then outlines the scene at once."""
+    return postprocess(geoms, **kw)
+
+
+@requires_real
+@pytest.mark.parametrize(
+    "path", [DEMO_LABELS, RIO / "3band_013022223130_Public_img53.tif"], ids=["metric", "geographic"]
+)
+def test_buildings_outlined_a_chunk_at_a_time_are_those_of_the_whole_scene(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtered, scored and outlined 7 regions at a time, then the overlaps settled over the
+    scene: the same buildings, byte for byte, as outlining all of them together."""
+    prob = _coordinate_probability(path, tmp_path / "p.tif")
+    sr = scene_regions(values_path=str(path), probability_path=str(prob), block_size=128)
+    scoring = ScoreContext(str(prob))
+    whole = buildings_from_regions(
+        sr.regions, scene="s", bounds=sr.bounds, options=DEFAULT, pixel_m=sr.pixel_m, scoring=scoring,
+        outlines=_whole,
+    )  # fmt: skip
+    monkeypatch.setattr(buildings, "CHUNK", 7)
+    outlined: list[int] = []
+
+    def counting(geoms: Geoms, **kw: Any) -> tuple[Geoms, NDArray[np.float64]]:
+        outlined.append(len(geoms))
+        return outline_each(geoms, **kw)
+
+    monkeypatch.setattr(buildings, "outline_each", counting)
+    chunked = buildings_from_regions(
+        sr.regions, scene="s", bounds=sr.bounds, options=DEFAULT, pixel_m=sr.pixel_m, scoring=scoring
+    )
+    assert len(sr.regions) > 5 * 7 and len(chunked) > 10
+    assert len(outlined) == -(-len(sr.regions) // 7) and max(outlined) <= 7  # a chunk at a time
+    assert np.array_equal(chunked.keep, whole.keep) and np.array_equal(chunked.id, whole.id)
+    assert shapely.to_wkb(chunked.geometry).tolist() == shapely.to_wkb(whole.geometry).tolist()
+    assert chunked.area_m2.tobytes() == whole.area_m2.tobytes()
+    assert chunked.features is not None and whole.features is not None
+    assert chunked.features.tobytes() == whole.features.tobytes()
+
+
+def _coordinate_probability(mask: Path, out: Path) -> Path:
+    """A probability raster on ``mask``'s grid that varies with the pixel's position (0.6-1.0),
+    so each building has its own confidence (some under ``min_confidence``) and edge features."""
+    with rasterio.open(mask) as ds:
+        rows, cols = np.indices(ds.shape)
+        return write_tif(
+            out, (153 + (rows * 7 + cols * 3) % 103).astype(np.uint8), crs=ds.crs, transform=ds.transform
+        )
+
+
+def test_no_regions_give_no_buildings_and_an_empty_feature_table(tmp_path: Path) -> None:
+    path = write_tif(tmp_path / "m.tif", np.zeros((16, 16), np.uint8), crs="EPSG:32614")
+    b = vectorize_scene(
+        values_path=str(path), probability_path=str(path), scene="s", options=DEFAULT,
+        scoring=ScoreContext(str(path)),
+    )  # fmt: skip
+    assert len(b) == 0 and b.features is not None and b.features.shape == (0, len(FEATURES))
+
+
 def _lonlat_mask(path: Path) -> tuple[Path, Affine]:
     """Two 12 x 8 m houses side by side and one 2 x 2 m shed at 22.94° S, pixels of 0.5 m."""
     px = 0.5 / 111_320.0
@@ -131,9 +195,9 @@ def test_lonlat_raster_is_outlined_in_metres_with_two_reprojections(
 ) -> None:
     path, transform = _lonlat_mask(tmp_path / "m.tif")
     b = vectorize_scene(values_path=str(path), probability_path=None, scene="s", options=DEFAULT)
-    # one pixel measured when the raster is opened; the three regions and the scene's outline
+    # one pixel measured when the raster is opened; the scene's outline and the three regions
     # into metres; the two buildings back
-    assert reprojections == [1, 4, 2]
+    assert reprojections == [1, 1, 3, 2]
     assert len(b) == 2 and b.id.tolist() == ["s-10-10", "s-10-36"]
     np.testing.assert_allclose(b.area_m2, 96.0, rtol=1e-2)  # 12 m x 8 m, not square degrees
     x0, y0, x1, y1 = shapely.total_bounds(b.geometry)
