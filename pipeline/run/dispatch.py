@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rasterio
 from dask.distributed import Client, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 from numpy.typing import NDArray
 from rasterio.errors import RasterioError
 
 from pipeline.core.errors import FootprintsError, RasterReadError, WorkerLostError, cause_text, detach
-from pipeline.io.read import RasterInfo, read_tile
+from pipeline.io.read import RasterInfo
 from pipeline.model.infer import ModelSource, cached_segmenter
 from pipeline.model.tiled import predict_by_shape
 from pipeline.run.hardware import device_label
+from pipeline.run.prefetch import PREFETCH, read_batch
 from pipeline.run.tilecache import SKIPPED, TileCache
 from pipeline.tiling.grid import Tile, TileGrid
 
@@ -64,8 +64,10 @@ class BatchResult:
 
 
 #: What :attr:`BatchResult.times` holds, in order: wall seconds of the whole task, of reading
-#: the windows and of inferring them (``Segmenter.predict``), then the worker process's CPU
-#: seconds over the same spans (all its threads: the model's own thread pool included).
+#: the windows (or waiting for their read-ahead) and of inferring them (``Segmenter.predict``),
+#: then CPU seconds: the task's, its reading's (the reading thread's, wherever it ran) and its
+#: inferring's (the worker process's over that span, the model's own thread pool included, less
+#: the next batch's read-ahead when it finished within it).
 TASK_TIMES = ("task_s", "read_s", "infer_s", "task_cpu_s", "read_cpu_s", "infer_cpu_s")
 
 
@@ -94,6 +96,7 @@ def predict_batch(
     scale: float = 1.0,
     cache: TileCache | None = None,
     from_cache: bool = False,
+    ahead: Sequence[Tile] = (),
 ) -> BatchResult:
     """Worker task: :func:`infer_batch`, whose errors come back as one picklable line.
 
@@ -103,7 +106,7 @@ def predict_batch(
     """
     error: FootprintsError | None = None
     try:
-        return infer_batch(info, tiles, source, scale, cache, from_cache)
+        return infer_batch(info, tiles, source, scale, cache, from_cache, ahead)
     except FootprintsError as exc:
         error = detach(exc)
     except Exception as exc:
@@ -123,6 +126,7 @@ def infer_batch(
     scale: float = 1.0,
     cache: TileCache | None = None,
     from_cache: bool = False,
+    ahead: Sequence[Tile] = (),
 ) -> BatchResult:
     """Read the windows, skip all-nodata tiles, predict the rest.
 
@@ -132,54 +136,46 @@ def infer_batch(
     because a model's output may depend on the batch by a rounding step, and a resumed
     run must write the same bytes as an uninterrupted one.
     ``scale`` (input GSD / model GSD) is applied by the segmenter, which returns the
-    probabilities on the input grid.
+    probabilities on the input grid. ``ahead`` (the next batch's tiles, when it will run in
+    this process too) is read on a background thread while this batch infers
+    (:mod:`pipeline.run.prefetch`); a batch read ahead is taken instead of read.
     """
     if from_cache and cache is not None and (done := _from_cache(tiles, cache)) is not None:
         return done
-    clock = [(time.perf_counter(), time.process_time())]
-    pixels, valids, kept, skipped = [], [], [], []
-    with rasterio.open(info.path) as ds:
-        for tile in tiles:
-            px, valid = read_tile(info, tile, dataset=ds)
-            if not valid.any():
-                skipped.append(tile)
-                continue
-            pixels.append(px)
-            valids.append(valid)
-            kept.append(tile)
-    clock.append((time.perf_counter(), time.process_time()))
+    w0 = time.perf_counter()
+    read = PREFETCH.take(info, tiles) or read_batch(info, tiles)
+    if ahead:
+        PREFETCH.start(info, ahead)
+    w1, c1 = time.perf_counter(), time.process_time()  # reading's CPU is its thread's: read.cpu_s
     results: list[TileResult] = []
     device = runtime = ""
-    if kept:
+    if read.kept:
         segmenter = cached_segmenter(source)
-        prob = predict_by_shape(segmenter, pixels, scale=scale)
+        prob = predict_by_shape(segmenter, list(read.pixels), scale=scale)
         device = device_label(getattr(segmenter, "device", "cpu"))
         runtime = str(getattr(segmenter, "runtime", ""))
-        for tile, p, valid in zip(kept, prob, valids, strict=True):
+        for tile, p, valid in zip(read.kept, prob, read.valids, strict=True):
             packed = None if valid.all() else np.packbits(valid.ravel())
             results.append(TileResult(tile=tile, probability=p, packed_valid=packed))
-    clock.append((time.perf_counter(), time.process_time()))
+    w2, c2 = time.perf_counter(), time.process_time()
+    # a read-ahead that finished while this batch inferred: its CPU is the next batch's reading
+    ahead_cpu = PREFETCH.finished_cpu_s() if ahead else 0.0
     if cache is not None:
         for r in results:
             cache.save(r.tile, r.probability, r.packed_valid)
-        for t in skipped:
+        for t in read.skipped:
             cache.save_skipped(t)
-    clock.append((time.perf_counter(), time.process_time()))
+    w3, c3 = time.perf_counter(), time.process_time()
+    infer_cpu = c2 - c1 - ahead_cpu
+    times = (w3 - w0, w1 - w0, w2 - w1, read.cpu_s + infer_cpu + (c3 - c2), read.cpu_s, infer_cpu)
     return BatchResult(
         results=tuple(results),
-        skipped=tuple(skipped),
+        skipped=read.skipped,
         worker_pid=os.getpid(),
         device=device,
         runtime=runtime,
-        times=_spans(clock),
+        times=times,
     )
-
-
-def _spans(clock: list[tuple[float, float]]) -> tuple[float, ...]:
-    """:data:`TASK_TIMES` from the (wall, CPU) readings at the start, after reading, after
-    inferring and at the end of a task."""
-    (w0, c0), (w1, c1), (w2, c2), (w3, c3) = clock
-    return (w3 - w0, w1 - w0, w2 - w1, c3 - c0, c1 - c0, c2 - c1)
 
 
 def _from_cache(tiles: Sequence[Tile], cache: TileCache) -> BatchResult | None:
@@ -244,12 +240,16 @@ def run_batches(
     so memory stays flat however large the raster is, even behind a straggler.
     Tiles whose index is in ``skip`` are not submitted. Workers save inferred tiles to
     ``cache``, and load a batch from it instead when all its tiles are in ``reuse``
-    (finished by an earlier attempt), so a fresh run never probes the cache. Returns
-    the batch count.
+    (finished by an earlier attempt), so a fresh run never probes the cache. With one
+    worker process, each batch names the next, which it reads ahead while it infers
+    (:mod:`pipeline.run.prefetch`). Returns the batch count.
     """
     client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
     resources = {"GPU": 1} if workers_have_gpus(client) else None
     todo = batches([t for t in grid if t.index not in skip], batch_size)
+    reused = [cache is not None and all(t.index in reuse for t in batch) for batch in todo]
+    # one worker process runs every batch, in order: each reads the next one's windows ahead
+    one_worker = len(client.nthreads()) == 1  # type: ignore[no-untyped-call]
     pending: dict[Any, int] = {}
     done: set[int] = set()
     ac = as_completed()  # type: ignore[no-untyped-call]
@@ -258,11 +258,13 @@ def run_batches(
     def fill() -> None:
         nonlocal next_i
         while next_i < len(todo) and next_i < oldest + max_in_flight:
-            batch = todo[next_i]
-            from_cache = cache is not None and all(t.index in reuse for t in batch)
+            batch, from_cache = todo[next_i], reused[next_i]
+            last = next_i + 1 == len(todo)
+            ahead = todo[next_i + 1] if one_worker and not last and not reused[next_i + 1] else ()
             fut = client.submit(
-                predict_batch, info, batch, source, scale, cache, from_cache, resources=resources, pure=False
-            )
+                predict_batch, info, batch, source, scale, cache, from_cache, ahead,
+                resources=resources, pure=False,
+            )  # fmt: skip
             pending[fut.key] = next_i
             ac.add(fut)  # type: ignore[no-untyped-call]
             next_i += 1

@@ -123,11 +123,9 @@ def buildings_from_regions(
     its threshold. ``outlines`` is the post-processing (``postprocess``'s signature;
     ``scripts/compare_regularizers.py`` passes others to compare them).
 
-    With ``postprocess`` and outlines that depend on each building alone
-    (:func:`~pipeline.vectorize.postprocess.separable`), the regions are filtered, scored and
-    outlined :data:`~pipeline.vectorize.rings.CHUNK` at a time and only the overlaps are settled
-    over the whole scene: the same buildings, but the pixel staircases of a large scene are
-    never all reprojected and outlined at once.
+    With ``postprocess`` and outlines that depend on each building alone (``separable``), the
+    regions are filtered, scored and outlined :data:`~pipeline.vectorize.rings.CHUNK` at a time
+    and only the overlaps are settled over the whole scene: the same buildings, in less memory.
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
@@ -147,10 +145,8 @@ def buildings_from_regions(
                     stats_scale=stats_scale, outliner=functools.partial(outline_each, **kw) if each else None)
         for i in range(0, max(1, len(regions)), size)  # one empty chunk when there are no regions
     ]  # fmt: skip
-    keep = np.concatenate([p.keep for p in parts])
-    geoms = np.concatenate([p.geoms for p in parts])
-    table = None if scoring is None else np.concatenate([p.table for p in parts if p.table is not None])
-    geoms = settle(geoms, np.concatenate([p.area for p in parts])) if each else outlines(geoms, **kw)
+    keep, geoms, area, table = _Chunk.join(parts)
+    geoms = settle(geoms, area) if each else outlines(geoms, **kw)
     # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
     geoms = polygonal_part(shapely.intersection(geoms, outline)) if geoms.size else geoms
     delivered = _out_of_metric(frame, geoms)
@@ -177,6 +173,19 @@ class _Chunk:
     geoms: Geoms
     area: NDArray[np.float64]
     table: NDArray[np.float64] | None
+
+    @staticmethod
+    def join(
+        parts: list[_Chunk],
+    ) -> tuple[NDArray[np.int64], Geoms, NDArray[np.float64], NDArray[np.float64] | None]:
+        """The chunks' candidates in order: indexes, polygons, areas and features (None unscored)."""
+        tables = [p.table for p in parts if p.table is not None]
+        return (
+            np.concatenate([p.keep for p in parts]),
+            np.concatenate([p.geoms for p in parts]),
+            np.concatenate([p.area for p in parts]),
+            np.concatenate(tables) if tables else None,
+        )
 
 
 def _candidates(
