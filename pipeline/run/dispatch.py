@@ -240,16 +240,17 @@ def run_batches(
     so memory stays flat however large the raster is, even behind a straggler.
     Tiles whose index is in ``skip`` are not submitted. Workers save inferred tiles to
     ``cache``, and load a batch from it instead when all its tiles are in ``reuse``
-    (finished by an earlier attempt), so a fresh run never probes the cache. With one
-    worker process, each batch names the next, which it reads ahead while it infers
+    (finished by an earlier attempt), so a fresh run never probes the cache. With one task
+    thread in the cluster, each batch names the next, which it reads ahead while it infers
     (:mod:`pipeline.run.prefetch`). Returns the batch count.
     """
     client.register_plugin(ModelPlugin(source), name=PLUGIN_NAME)
     resources = {"GPU": 1} if workers_have_gpus(client) else None
     todo = batches([t for t in grid if t.index not in skip], batch_size)
     reused = [cache is not None and all(t.index in reuse for t in batch) for batch in todo]
-    # one worker process runs every batch, in order: each reads the next one's windows ahead
-    one_worker = len(client.nthreads()) == 1  # type: ignore[no-untyped-call]
+    # one task thread in the cluster runs every batch, in order: each reads the next one's windows
+    # ahead (with more, the next batch may already be running elsewhere)
+    one_worker = sum(client.nthreads().values()) == 1  # type: ignore[no-untyped-call]
     pending: dict[Any, int] = {}
     done: set[int] = set()
     ac = as_completed()  # type: ignore[no-untyped-call]

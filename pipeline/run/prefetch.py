@@ -1,13 +1,13 @@
 """Reading a batch's windows, and the next batch's while this one infers.
 
-A worker task reads its windows, then infers them. With one worker process every batch goes to
-it in order, so while a task infers, :class:`Prefetcher` reads the next batch's windows on a
-thread of its own (GDAL releases the GIL while it decodes), and the next task takes them
-instead of reading: reading, about 20 ms of CPU per 597² tile, no longer waits in line before
-the model. Only windows travel (:func:`~pipeline.run.dispatch.run_batches` names the next
-batch); the pixels are read where they are used. One batch is read ahead at most, and a
-read-ahead that no task takes (the next batch went elsewhere, or was cached) is dropped when the
-next one starts.
+A worker task reads its windows, then infers them. With one task thread in the cluster (one
+worker process, one thread: the default) every batch runs there in order, so while a task
+infers, :class:`Prefetcher` reads the next batch's windows on a thread of its own (GDAL
+releases the GIL while it decodes), and the next task takes them instead of reading: reading,
+about 20 ms of CPU per 597² tile, no longer waits in line before the model. Only windows travel
+(:func:`~pipeline.run.dispatch.run_batches` names the next batch); the pixels are read where
+they are used. One batch is read ahead at most, and a read-ahead that no task takes (the next
+batch was cached, or ran elsewhere) is dropped when the next one starts.
 """
 
 from __future__ import annotations

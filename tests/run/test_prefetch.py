@@ -101,11 +101,14 @@ def test_one_worker_reads_each_next_batch_ahead_with_the_same_results(
     assert all(b.times[4] > 0 for b in results)
 
 
-def test_several_workers_read_no_batch_ahead(make_tif: Any) -> None:
+@pytest.mark.parametrize(("workers", "threads"), [(2, 1), (1, 2)])
+def test_several_task_threads_read_no_batch_ahead(make_tif: Any, workers: int, threads: int) -> None:
     info, _ = _scene(make_tif)
     grid = TileGrid(height=300, width=400, tile_size=128, overlap=16)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=workers, threads_per_worker=threads, processes=False, dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
     ):
         submitted: list[tuple[Any, ...]] = []
