@@ -29,6 +29,10 @@ from pipeline.training.sampling import ValScene, validation_scenes
 from pipeline.training.validation import evaluate
 
 
+def pixels(scene: ValScene) -> int:
+    return int(scene.target.shape[-2] * scene.target.shape[-1])
+
+
 def matched_training_scenes(data: str, budget: dict[str, int]) -> list[ValScene]:
     """Training scenes per source, in dataset order, until each covers its ``budget`` pixels."""
     taken: dict[str, int] = {}
@@ -36,7 +40,7 @@ def matched_training_scenes(data: str, budget: dict[str, int]) -> list[ValScene]
     for scene in validation_scenes(load_dataset(data, splits=("train",)), split="train"):
         if scene.source not in budget or taken.get(scene.source, 0) >= budget[scene.source]:
             continue
-        taken[scene.source] = taken.get(scene.source, 0) + scene.target.shape[-2] * scene.target.shape[-1]
+        taken[scene.source] = taken.get(scene.source, 0) + pixels(scene)
         scenes.append(scene)
     return scenes
 
@@ -52,7 +56,7 @@ def main() -> None:
     val = list(validation_scenes(load_dataset(args.data, splits=("val",)), split="val"))
     budget: dict[str, int] = {}
     for scene in val:
-        budget[scene.source] = budget.get(scene.source, 0) + scene.target.shape[-2] * scene.target.shape[-1]
+        budget[scene.source] = budget.get(scene.source, 0) + pixels(scene)
     for name, scenes in (("train", matched_training_scenes(args.data, budget)), ("val", val)):
         started = time.time()
         threshold, metrics = evaluate(model, scenes, device=torch.device("cpu"), tile=1024)

@@ -27,6 +27,7 @@ the run), and the workers' busy fraction: task seconds over wall seconds times w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import tempfile
 import time
@@ -107,15 +108,14 @@ def model_only(
     }
 
 
-def pooled(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Model-only passes as one: their tiles over their seconds, each pass kept in ``passes``
-    and its time window in ``windows``."""
+def pooled(passes: list[dict[str, Any]], *, tile_mpx: float) -> dict[str, Any]:
+    """Model-only passes over the same ``tile_mpx`` megapixels as one: their tiles over their
+    seconds, each pass's rate kept in ``passes`` and its time window in ``windows``."""
     seconds = sum(p["seconds"] for p in passes)
-    tile_mpx = sum(p["mps"] * p["seconds"] for p in passes)
     return {
         "runtime": passes[0]["runtime"],
         "tiles": passes[0]["tiles"],
-        "mps": round(tile_mpx / seconds, 3),
+        "mps": round(len(passes) * tile_mpx / seconds, 3),
         "seconds": round(seconds, 3),
         "worker_cpu_s": round(sum(p["worker_cpu_s"] for p in passes), 3),
         "windows": [p["window"] for p in passes],
@@ -196,19 +196,15 @@ def run_bench(
             threads=threads,
             threads_per_model=getattr(source, "threads", None),
         )
-        timing: dict[str, Any] = {
-            "client": c,
-            "plan": plan,
-            "model": model,
-            "config": config,
-            "max_tiles": max_tiles,
-        }
-        before = model_only(**timing)
+        one_pass = functools.partial(
+            model_only, c, plan=plan, model=model, config=config, max_tiles=max_tiles
+        )
+        before = one_pass()
         end_to_end = timed_run(out_dir=Path(tmp) / "end-to-end", model=model, **common)
-        after = model_only(**timing)  # before and after: the model's rate over the same span
+        after = one_pass()  # before and after: the model's rate over the same span
         report: dict[str, Any] = {
             "layout": layout,
-            "model_only": pooled([before, after]),
+            "model_only": pooled([before, after], tile_mpx=_tile_mpx(list(plan.grid)[:max_tiles])),
             "end_to_end": end_to_end,
             "pipeline_only": timed_run(out_dir=Path(tmp) / "pipeline-only", model=stand_in, **common),
             "cluster_startup_s": round(startup_s, 2),

@@ -250,7 +250,7 @@ def run_batches(
     reused = [cache is not None and all(t.index in reuse for t in batch) for batch in todo]
     # one task thread in the cluster runs every batch, in order: each reads the next one's windows
     # ahead (with more, the next batch may already be running elsewhere)
-    one_worker = sum(client.nthreads().values()) == 1  # type: ignore[no-untyped-call]
+    one_thread = sum(client.nthreads().values()) == 1  # type: ignore[no-untyped-call]
     pending: dict[Any, int] = {}
     done: set[int] = set()
     ac = as_completed()  # type: ignore[no-untyped-call]
@@ -261,7 +261,7 @@ def run_batches(
         while next_i < len(todo) and next_i < oldest + max_in_flight:
             batch, from_cache = todo[next_i], reused[next_i]
             last = next_i + 1 == len(todo)
-            ahead = todo[next_i + 1] if one_worker and not last and not reused[next_i + 1] else ()
+            ahead = todo[next_i + 1] if one_thread and not last and not reused[next_i + 1] else ()
             fut = client.submit(
                 predict_batch, info, batch, source, scale, cache, from_cache, ahead,
                 resources=resources, pure=False,
