@@ -120,10 +120,12 @@ def _resize_axis(
     shape = (*x.shape[:axis], size, *x.shape[axis + 1 :])
     out = np.empty(shape, np.float32) if work is None else work.get(f"{role}-out{axis}", shape)
     tmp = np.empty(shape, np.float32) if work is None else work.get(f"{role}-tmp{axis}", shape)
-    np.take(x, idx[:, 0], axis=axis, out=out)
+    # the taps are in range (bilinear_taps clamps them): mode="clip" writes into ``out`` directly,
+    # where the default "raise" first gathers into a fresh buffer of ``out``'s size
+    np.take(x, idx[:, 0], axis=axis, out=out, mode="clip")
     out *= weights[:, 0].reshape(wshape)
     for k in range(1, idx.shape[1]):
-        np.take(x, idx[:, k], axis=axis, out=tmp)
+        np.take(x, idx[:, k], axis=axis, out=tmp, mode="clip")
         tmp *= weights[:, k].reshape(wshape)
         out += tmp
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -125,51 +125,123 @@ def buildings_from_regions(
 
     With ``postprocess`` and outlines that depend on each building alone (``separable``), the
     regions are filtered, scored and outlined :data:`~pipeline.vectorize.rings.CHUNK` at a time
-    and only the overlaps are settled over the whole scene: the same buildings, in less memory.
+    and only the overlaps are settled over the whole scene: the same buildings, in less memory
+    (:class:`Outliner`).
     """
     if regions.crs is None:
         raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
-    frame = MetricFrame.for_scene(regions.crs, bounds)
-    outline = _scene_outline(frame, bounds)
-    kw: dict[str, Any] = dict(
-        fill_holes_m2=options.fill_holes_m2, simplify_m=options.simplify_m, regularize=options.regularize,
-        angle_tolerance_deg=options.angle_tolerance_deg, min_edge_m=options.min_edge_m, pixel_m=pixel_m,
-        priors=options.priors,
+    outliner = Outliner.start(
+        regions.crs, bounds=bounds, options=options, pixel_m=pixel_m, stats_scale=stats_scale,
+        scoring=scoring, outlines=outlines,
     )  # fmt: skip
-    each = outlines is postprocess and separable(
-        regularize=options.regularize, pixel_m=pixel_m, priors=options.priors
-    )
-    size = CHUNK if each else max(1, len(regions))
-    parts = [
-        _candidates(regions, slice(i, i + size), frame=frame, options=options, scoring=scoring,
-                    stats_scale=stats_scale, outliner=functools.partial(outline_each, **kw) if each else None)
-        for i in range(0, max(1, len(regions)), size)  # one empty chunk when there are no regions
-    ]  # fmt: skip
-    keep, geoms, area, table = _Chunk.join(parts)
-    geoms = settle(geoms, area) if each else outlines(geoms, **kw)
-    # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
-    geoms = polygonal_part(shapely.intersection(geoms, outline)) if geoms.size else geoms
-    delivered = _out_of_metric(frame, geoms)
-    alive = ~shapely.is_empty(delivered) if geoms.size else np.zeros(0, bool)
-    keep, geoms, delivered = keep[alive], geoms[alive], delivered[alive]
-    mean = regions.mean[keep] / stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
-    return Buildings(
-        geometry=delivered,
-        id=make_ids(scene, regions.first_row[keep], regions.first_col[keep]),
-        area_m2=np.asarray(shapely.area(geoms) if geoms.size else np.empty(0), dtype=np.float64),
-        confidence=mean.astype(np.float64),
-        crs=regions.crs,
-        keep=keep.astype(np.int64),
-        features=None if table is None else table[alive],
-    )
+    outliner.add(regions)
+    return outliner.buildings(regions, scene=scene)
+
+
+@dataclass
+class Outliner:
+    """Buildings from a scene's regions added in groups: each group is filtered, scored (and
+    outlined, when the outlines are ``separable``) as it comes, :data:`CHUNK` regions at a time;
+    :meth:`buildings` puts the candidates in the scene's region order and settles the overlaps
+    (or outlines all of them together, when outlines depend on their neighbours). A candidate
+    depends on its own region alone, so the grouping does not change the buildings.
+
+    :func:`vectorize_scene` adds each band's finished regions while the workers polygonize the
+    next bands; :func:`buildings_from_regions` adds all of them at once.
+    """
+
+    frame: MetricFrame
+    outline: shapely.Geometry  # the scene's, in the metric frame
+    options: OutlineOptions
+    scoring: ScoreContext | None
+    stats_scale: float
+    outlines: Outlines
+    kw: dict[str, Any]
+    each: bool
+    parts: list[_Chunk] = field(default_factory=list)
+
+    @classmethod
+    def start(
+        cls,
+        crs: CRS,
+        *,
+        bounds: tuple[float, float, float, float],
+        options: OutlineOptions,
+        pixel_m: float | None,
+        stats_scale: float = 255.0,
+        scoring: ScoreContext | None = None,
+        outlines: Outlines = postprocess,
+    ) -> Outliner:
+        kw: dict[str, Any] = dict(
+            fill_holes_m2=options.fill_holes_m2, simplify_m=options.simplify_m,
+            regularize=options.regularize, angle_tolerance_deg=options.angle_tolerance_deg,
+            min_edge_m=options.min_edge_m, pixel_m=pixel_m, priors=options.priors,
+        )  # fmt: skip
+        each = outlines is postprocess and separable(
+            regularize=options.regularize, pixel_m=pixel_m, priors=options.priors
+        )
+        frame = MetricFrame.for_scene(crs, bounds)
+        outline = _scene_outline(frame, bounds)
+        return cls(frame, outline, options, scoring, stats_scale, outlines, kw, each)
+
+    def add(self, regions: Regions) -> None:
+        """The candidates of ``regions``: a group of the scene's regions, each added once."""
+        step = functools.partial(outline_each, **self.kw) if self.each else None
+        for i in range(0, len(regions), CHUNK):
+            self.parts.append(self._candidates(regions, slice(i, i + CHUNK), step))
+
+    def _candidates(self, regions: Regions, part: slice, step: Any) -> _Chunk:
+        return _candidates(
+            regions, part, frame=self.frame, options=self.options, scoring=self.scoring,
+            stats_scale=self.stats_scale, outliner=step,
+        )  # fmt: skip
+
+    def buildings(self, regions: Regions, *, scene: str) -> Buildings:
+        """The scene's buildings, once every region of ``regions`` (the whole scene's) was added."""
+        parts = self.parts or [self._candidates(regions, slice(0, 0), None)]  # no regions
+        keys, geoms, area, table = _Chunk.join(parts)
+        keep = np.searchsorted(pixel_keys(regions.first_row, regions.first_col), keys)
+        order = np.argsort(keep, kind="stable")  # the scene's region order
+        keep, geoms, table = keep[order], geoms[order], None if table is None else table[order]
+        geoms = settle(geoms, area[order]) if self.each else self.outlines(geoms, **self.kw)
+        return self._delivered(regions, keep, geoms, table, scene=scene)
+
+    def _delivered(
+        self, regions: Regions, keep: NDArray[np.int64], geoms: Geoms, table: NDArray[np.float64] | None,
+        *, scene: str,
+    ) -> Buildings:  # fmt: skip
+        """Outlines clipped to the scene, back in its CRS, with their ids, areas and confidences."""
+        # squaring may push a wall a few centimetres past the raster's edge: stay inside the scene
+        geoms = polygonal_part(shapely.intersection(geoms, self.outline)) if geoms.size else geoms
+        delivered = _out_of_metric(self.frame, geoms)
+        alive = ~shapely.is_empty(delivered) if geoms.size else np.zeros(0, bool)
+        keep, geoms, delivered = keep[alive], geoms[alive], delivered[alive]
+        mean = (
+            regions.mean[keep] / self.stats_scale if regions.mean is not None else np.full(keep.size, np.nan)
+        )
+        return Buildings(
+            geometry=delivered,
+            id=make_ids(scene, regions.first_row[keep], regions.first_col[keep]),
+            area_m2=np.asarray(shapely.area(geoms) if geoms.size else np.empty(0), dtype=np.float64),
+            confidence=mean.astype(np.float64),
+            crs=regions.crs,
+            keep=keep.astype(np.int64),
+            features=None if table is None else table[alive],
+        )
+
+
+def pixel_keys(rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.int64]:
+    """One int64 per first pixel, increasing in raster scan order (row, col)."""
+    return (rows.astype(np.int64) << 32) | cols.astype(np.int64)
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    """One chunk's candidates: their region indexes, outlines (or metric polygons, when they are
-    outlined together later), areas deciding overlaps (with outlines) and features (when scored)."""
+    """One chunk's candidates: the first pixels of their regions (:func:`pixel_keys`), their
+    outlines (or metric polygons, when they are outlined together later), areas deciding
+    overlaps (with outlines) and features (when scored)."""
 
-    keep: NDArray[np.int64]
+    keys: NDArray[np.int64]
     geoms: Geoms
     area: NDArray[np.float64]
     table: NDArray[np.float64] | None
@@ -178,10 +250,10 @@ class _Chunk:
     def join(
         parts: list[_Chunk],
     ) -> tuple[NDArray[np.int64], Geoms, NDArray[np.float64], NDArray[np.float64] | None]:
-        """The chunks' candidates in order: indexes, polygons, areas and features (None unscored)."""
+        """The chunks' candidates in order: keys, polygons, areas and features (None unscored)."""
         tables = [p.table for p in parts if p.table is not None]
         return (
-            np.concatenate([p.keep for p in parts]),
+            np.concatenate([p.keys for p in parts]),
             np.concatenate([p.geoms for p in parts]),
             np.concatenate([p.area for p in parts]),
             np.concatenate(tables) if tables else None,
@@ -216,7 +288,13 @@ def _candidates(
     geoms, kept_area = metric[keep], np.empty(0)
     if outliner is not None:
         geoms, kept_area = outliner(geoms)
-    return _Chunk(keep=(first + keep).astype(np.int64), geoms=geoms, area=kept_area, table=table)
+    at = first + keep
+    return _Chunk(
+        keys=pixel_keys(regions.first_row[at], regions.first_col[at]),
+        geoms=geoms,
+        area=kept_area,
+        table=table,
+    )
 
 
 def _scene_outline(frame: MetricFrame, bounds: tuple[float, float, float, float]) -> shapely.Geometry:
@@ -271,6 +349,15 @@ class SceneRegions:
     pixel_m: float | None
 
 
+def raster_extent(values_path: str) -> tuple[tuple[float, float, float, float], float | None, CRS | None]:
+    """A raster's bounds (left, bottom, right, top), pixel size in metres (None without a CRS) and CRS."""
+    with rasterio.open(values_path) as ds:
+        b = ds.bounds
+        bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
+        pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
+        return bounds, pixel_m, ds.crs
+
+
 def scene_regions(
     *,
     values_path: str,
@@ -282,10 +369,7 @@ def scene_regions(
     """Polygonize a mask or region raster block by block; ``confidence`` statistics from
     ``probability_path`` (uint8 0-255). With a Dask ``client``, the bands are polygonized on
     its workers (see :func:`~pipeline.vectorize.polygonize.polygonize_blocks`)."""
-    with rasterio.open(values_path) as ds:
-        b = ds.bounds
-        bounds = (float(b.left), float(b.bottom), float(b.right), float(b.top))
-        pixel_m = pixel_size_m(ds.crs, tuple(ds.transform), bounds) if ds.crs is not None else None
+    bounds, pixel_m, _ = raster_extent(values_path)
     regions = polygonize_blocks(
         values_path, block_size=block_size, stats_path=probability_path, client=client,
         max_in_flight=max_in_flight,
@@ -308,12 +392,16 @@ def vectorize_scene(
 
     ``confidence`` is the mean of ``probability_path`` (uint8 0-255) inside each building;
     ``scoring`` as in :func:`buildings_from_regions`; ``client`` and ``max_in_flight`` as in
-    :func:`~pipeline.vectorize.polygonize.polygonize_blocks`.
+    :func:`~pipeline.vectorize.polygonize.polygonize_blocks`. Each band's finished regions are
+    filtered, scored and outlined (:class:`Outliner`) as soon as the merge closes them, while
+    the workers polygonize the next bands: the buildings of :func:`buildings_from_regions`.
     """
-    sr = scene_regions(
-        values_path=values_path, probability_path=probability_path, block_size=block_size, client=client,
-        max_in_flight=max_in_flight,
+    bounds, pixel_m, crs = raster_extent(values_path)
+    if crs is None:
+        raise MissingCRSError(f"{scene}: regions have no CRS, so areas in m² are unknown; assign one")
+    outliner = Outliner.start(crs, bounds=bounds, options=options, pixel_m=pixel_m, scoring=scoring)
+    regions = polygonize_blocks(
+        values_path, block_size=block_size, stats_path=probability_path, client=client,
+        max_in_flight=max_in_flight, on_regions=outliner.add,
     )  # fmt: skip
-    return buildings_from_regions(
-        sr.regions, scene=scene, bounds=sr.bounds, options=options, pixel_m=sr.pixel_m, scoring=scoring
-    )
+    return outliner.buildings(regions, scene=scene)

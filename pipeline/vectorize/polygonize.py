@@ -52,7 +52,7 @@ proportionally fewer rows per band (:func:`~pipeline.vectorize.pieces.band_rows`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,19 +219,38 @@ def to_world(geoms: Geoms, transform: Affine) -> Geoms:
     return np.asarray(shapely.transform(geoms, fn), dtype=object)
 
 
-def _regions(
-    chunks: Iterable[tuple[Components, Geoms]], *, width: int, transform: Affine, stats: bool, crs: CRS | None
-) -> Regions:
-    tables, geoms_list = [], []
-    for table, geoms in chunks:  # into the CRS as they come: no scene's worth of vertex tables at once
-        tables.append(table)
-        geoms_list.append(to_world(geoms, transform) if geoms.size else geoms)
-    table, geoms = Components.concat(tables), np.concatenate(geoms_list)
+#: Receives each group of regions as the merge finishes them (see :func:`polygonize_blocks`).
+OnRegions = Callable[["Regions"], None]
+
+
+def _sorted_regions(table: Components, geoms: Geoms, *, width: int, stats: bool, crs: CRS | None) -> Regions:
+    """Components and their CRS polygons as :class:`Regions`, sorted by first pixel."""
     order = np.argsort(table.first, kind="stable")
     table, geoms = table.take(order), geoms[order]
     rows, cols = np.divmod(table.first, width)
     mean = table.total / np.maximum(table.count, 1) if stats else None
     return Regions(geoms, table.value, rows, cols, table.count, mean, table.pieces, crs)
+
+
+def _regions(
+    chunks: Iterable[tuple[Components, Geoms]],
+    *,
+    width: int,
+    transform: Affine,
+    stats: bool,
+    crs: CRS | None,
+    on_regions: OnRegions | None = None,
+) -> Regions:
+    tables, geoms_list = [], []
+    for table, geoms in chunks:  # into the CRS as they come: no scene's worth of vertex tables at once
+        world = to_world(geoms, transform) if geoms.size else geoms
+        if on_regions is not None and len(table):
+            on_regions(_sorted_regions(table, world, width=width, stats=stats, crs=crs))
+        tables.append(table)
+        geoms_list.append(world)
+    return _sorted_regions(
+        Components.concat(tables), np.concatenate(geoms_list), width=width, stats=stats, crs=crs
+    )
 
 
 def polygonize_array(
@@ -257,12 +276,15 @@ def polygonize_blocks(
     band: int = 1,
     client: Any | None = None,
     max_in_flight: int = 4,
+    on_regions: OnRegions | None = None,
 ) -> Regions:
     """Polygonize a raster of region values band by band; equals :func:`reference_polygons`.
 
     With a Dask ``client``, the bands are labelled and polygonized on its workers (at most
     ``max_in_flight`` ahead of the merge) and only their seams are merged here; the regions
-    are the same as without one.
+    are the same as without one. ``on_regions`` is called with each group of regions as soon
+    as the merge finishes them (a :class:`Regions` of their own, sorted by first pixel, in the
+    CRS), while the workers go on with the next bands; every region is in exactly one group.
     """
     check_block_size(block_size)
     with open_values(values_path, band=band) as ds:
@@ -279,8 +301,9 @@ def polygonize_blocks(
         )  # fmt: skip
     chunks = stream_components(pieces, width=grid.width)
     return _regions(
-        chunks, width=grid.width, transform=grid.transform, stats=stats_path is not None, crs=grid.crs
-    )
+        chunks, width=grid.width, transform=grid.transform, stats=stats_path is not None, crs=grid.crs,
+        on_regions=on_regions,
+    )  # fmt: skip
 
 
 def reference_polygons(

@@ -105,3 +105,25 @@ def test_merging_separators_and_quantizing() -> None:
         254,
         255,
     ]
+
+
+def test_a_warm_segmenter_allocates_little_more_than_its_output() -> None:
+    """Once warm, ``predict`` on a 597² tile resampled to 512² works in its workspace: beyond
+    the uint8 output (2 x 597² bytes) it allocates under 1 MB. Dask's workers return freed
+    memory to the system (``MALLOC_TRIM_THRESHOLD_``), so each fresh multi-megabyte array is
+    paid in page faults; ``np.take`` with ``mode="raise"`` buffered a fresh copy of every output,
+    which made ``predict`` 41 ms a tile instead of 18 there (measured)."""
+    import tracemalloc
+
+    logits = np.zeros((1, 2, 512, 512), np.float32)
+    seg = ArraySegmenter(run=lambda x: logits, output_stride=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 3, 597, 597), dtype=np.uint8)
+    seg.predict(pixels, scale=0.857)  # warm: the workspace holds its arrays
+    tracemalloc.start()
+    try:
+        out = seg.predict(pixels, scale=0.857)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 2, 597, 597)
+    assert peak - out.nbytes < 1 << 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,23 @@ def test_tile_cache_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "tiles").iterdir()) == ["0.npz", "1.npz", "2.npz"]
     other = TileGrid(height=300, width=200, tile_size=100, overlap=16)
     assert cache.load(next(iter(other))) is None  # another grid's tile 0 has another shape
+
+
+def test_cached_tiles_are_deflated_npz_and_older_caches_still_load(tmp_path: Path) -> None:
+    tiles = list(TileGrid(height=300, width=200, tile_size=128, overlap=16))
+    cache = TileCache(parse_location(str(tmp_path / "tiles")))
+    prob = np.zeros((2, 128, 128), dtype=np.uint8)
+    prob[0, 20:90, 30:100] = 255  # one building: compresses well
+    cache.save(tiles[0], prob, None)
+    with zipfile.ZipFile(tmp_path / "tiles" / "0.npz") as archive:
+        (member,) = archive.infolist()
+        assert member.filename == "probability.npy" and member.compress_type == zipfile.ZIP_DEFLATED
+        assert member.compress_size < prob.nbytes // 20
+    # a cache written before DEFLATE_LEVEL (np.savez_compressed) is read the same way
+    np.savez_compressed(tmp_path / "tiles" / "1.npz", probability=prob)
+    for tile in tiles[:2]:
+        got = cache.load(tile)
+        assert isinstance(got, tuple) and np.array_equal(got[0], prob) and got[1] is None
 
 
 def test_manifest_keeps_tiles_for_the_same_key_only(tmp_path: Path) -> None:

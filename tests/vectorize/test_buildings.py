@@ -124,15 +124,14 @@ def _whole(geoms: Geoms, **kw: Any) -> Geoms:
     return postprocess(geoms, **kw)
 
 
-@requires_real
-@pytest.mark.parametrize(
+SCENES = pytest.mark.parametrize(
     "path", [DEMO_LABELS, RIO / "3band_013022223130_Public_img53.tif"], ids=["metric", "geographic"]
 )
-def test_buildings_outlined_a_chunk_at_a_time_are_those_of_the_whole_scene(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Filtered, scored and outlined 7 regions at a time, then the overlaps settled over the
-    scene: the same buildings, byte for byte, as outlining all of them together."""
+
+
+def _outlined_at_once(path: Path, tmp_path: Path) -> tuple[SceneRegions, ScoreContext, buildings.Buildings]:
+    """The scene's regions (bands of 128 rows) under a coordinate-encoded probability raster, and
+    the buildings of outlining all of them together."""
     prob = _coordinate_probability(path, tmp_path / "p.tif")
     sr = scene_regions(values_path=str(path), probability_path=str(prob), block_size=128)
     scoring = ScoreContext(str(prob))
@@ -140,6 +139,17 @@ def test_buildings_outlined_a_chunk_at_a_time_are_those_of_the_whole_scene(
         sr.regions, scene="s", bounds=sr.bounds, options=DEFAULT, pixel_m=sr.pixel_m, scoring=scoring,
         outlines=_whole,
     )  # fmt: skip
+    return sr, scoring, whole
+
+
+@requires_real
+@SCENES
+def test_buildings_outlined_a_chunk_at_a_time_are_those_of_the_whole_scene(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtered, scored and outlined 7 regions at a time, then the overlaps settled over the
+    scene: the same buildings, byte for byte, as outlining all of them together."""
+    sr, scoring, whole = _outlined_at_once(path, tmp_path)
     monkeypatch.setattr(buildings, "CHUNK", 7)
     outlined: list[int] = []
 
@@ -153,11 +163,42 @@ def test_buildings_outlined_a_chunk_at_a_time_are_those_of_the_whole_scene(
     )
     assert len(sr.regions) > 5 * 7 and len(chunked) > 10
     assert len(outlined) == -(-len(sr.regions) // 7) and max(outlined) <= 7  # a chunk at a time
-    assert np.array_equal(chunked.keep, whole.keep) and np.array_equal(chunked.id, whole.id)
-    assert shapely.to_wkb(chunked.geometry).tolist() == shapely.to_wkb(whole.geometry).tolist()
-    assert chunked.area_m2.tobytes() == whole.area_m2.tobytes()
-    assert chunked.features is not None and whole.features is not None
-    assert chunked.features.tobytes() == whole.features.tobytes()
+    assert_same_buildings(chunked, whole)
+
+
+def assert_same_buildings(got: buildings.Buildings, want: buildings.Buildings) -> None:
+    """The same buildings byte for byte: outlines, ids, regions, areas, confidences, features."""
+    assert np.array_equal(got.keep, want.keep) and np.array_equal(got.id, want.id)
+    assert shapely.to_wkb(got.geometry).tolist() == shapely.to_wkb(want.geometry).tolist()
+    assert got.area_m2.tobytes() == want.area_m2.tobytes()
+    assert got.confidence.tobytes() == want.confidence.tobytes()
+    assert got.features is not None and want.features is not None
+    assert got.features.tobytes() == want.features.tobytes()
+
+
+@requires_real
+@SCENES
+def test_buildings_outlined_band_by_band_as_the_merge_finishes_them_are_those_of_the_whole_scene(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vectorize_scene outlines each band's finished regions while the next bands are polygonized
+    (7 at a time here), in the merge's order: the buildings of outlining the whole scene at once."""
+    sr, scoring, whole = _outlined_at_once(path, tmp_path)
+    groups: list[int] = []
+    add = buildings.Outliner.add
+
+    def counting(self: buildings.Outliner, regions: Any) -> None:
+        groups.append(len(regions))
+        add(self, regions)
+
+    monkeypatch.setattr(buildings.Outliner, "add", counting)
+    monkeypatch.setattr(buildings, "CHUNK", 7)
+    streamed = vectorize_scene(
+        values_path=str(path), probability_path=scoring.probability_path, scene="s", options=DEFAULT,
+        block_size=128, scoring=scoring,
+    )  # fmt: skip
+    assert len(groups) >= 4 and sum(groups) == len(sr.regions) and len(streamed) > 10
+    assert_same_buildings(streamed, whole)
 
 
 def _coordinate_probability(mask: Path, out: Path) -> Path:

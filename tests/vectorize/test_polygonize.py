@@ -89,6 +89,27 @@ def test_feature_mask_blockwise_equals_whole(block_size: int) -> None:
     assert np.array_equal(np.unique(got.value), [1])
 
 
+def test_regions_are_handed_over_in_groups_as_the_merge_finishes_them(tmp_path: Path) -> None:
+    """``on_regions`` sees every region once, band by band as the merge closes it (a snake open
+    over all bands comes last), each group sorted and in the CRS: together, the returned regions."""
+    mask = feature_mask()
+    path = write_tif(tmp_path / "m.tif", mask, crs="EPSG:32614", transform=ROTATED, nodata=NODATA)
+    groups: list[Regions] = []
+    got = polygonize_blocks(str(path), block_size=64, on_regions=groups.append)
+    assert len(groups) >= 5 and all(len(g) for g in groups)
+    assert all(g.crs == got.crs for g in groups)
+    for g in groups:
+        assert np.all(np.diff(g.first_row * mask.shape[1] + g.first_col) > 0)
+    rows = np.concatenate([g.first_row for g in groups])
+    cols = np.concatenate([g.first_col for g in groups])
+    order = np.lexsort((cols, rows))
+    assert np.array_equal(rows[order], got.first_row) and np.array_equal(cols[order], got.first_col)
+    geoms = np.concatenate([g.geometry for g in groups])[order]
+    assert shapely.to_wkb(geoms).tolist() == shapely.to_wkb(got.geometry).tolist()
+    assert np.array_equal(np.concatenate([g.pixel_count for g in groups])[order], got.pixel_count)
+    assert groups[-1].pieces.max() == got.pieces.max()  # the snake: open until the last band
+
+
 @pytest.mark.parametrize("block_size", SEAM_BLOCKS)
 def test_label_raster_blockwise_equals_whole(block_size: int) -> None:
     labels = label_raster()
